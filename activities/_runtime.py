@@ -1,0 +1,95 @@
+"""Per-process resources shared by activities, built on first use.
+
+Models are loaded once per worker process, not per activity call; a worker that never runs an
+embedding activity never loads torch.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from keel.blobs import BlobStore
+from keel.config import KeelSettings
+
+
+class Runtime:
+    def __init__(self, settings: KeelSettings) -> None:
+        self.settings = settings
+        self.blobs = BlobStore(settings.blob_dir)
+        # The embedded Qdrant store is not safe for concurrent writers; serialise index access.
+        self.index_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._built: dict[str, Any] = {}
+
+    def _once(self, name: str, build: Callable[[], Any]) -> Any:
+        # Activities run in a thread pool: two first calls must not load a model twice.
+        with self._lock:
+            if name not in self._built:
+                self._built[name] = build()
+            return self._built[name]
+
+    @property
+    def embedder(self):
+        from ingestion.embedding import Embedder
+
+        return self._once("embedder", lambda: Embedder(batch_size=self.settings.embed_batch_size))
+
+    @property
+    def scrubber(self):
+        from ingestion.pii import PIIScrubber
+
+        return self._once("scrubber", lambda: PIIScrubber(score_threshold=self.settings.pii_score_threshold))
+
+    @property
+    def index(self):
+        from retrieval.store import ChunkIndex
+
+        s = self.settings
+        return self._once(
+            "index",
+            lambda: ChunkIndex(path=s.qdrant_path, url=s.qdrant_url, api_key=s.qdrant_api_key, collection=s.collection),
+        )
+
+
+_runtime: Runtime | None = None
+
+
+def runtime() -> Runtime:
+    global _runtime
+    if _runtime is None:
+        _runtime = Runtime(KeelSettings())
+    return _runtime
+
+
+HEARTBEAT_EVERY_SECONDS = 5.0
+
+
+def heartbeating(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Heartbeat from a side thread while a sync activity runs.
+
+    With a heartbeat timeout on the call, Temporal notices within seconds that the worker
+    running the activity died (SIGKILL, OOM, lost machine) and retries the activity elsewhere,
+    instead of waiting for the whole start-to-close timeout.
+    """
+    from temporalio import activity
+
+    @functools.wraps(fn)
+    def wrapper(inp):
+        context = contextvars.copy_context()
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(HEARTBEAT_EVERY_SECONDS):
+                context.run(activity.heartbeat)
+
+        threading.Thread(target=beat, daemon=True, name=f"heartbeat-{fn.__name__}").start()
+        try:
+            return fn(inp)
+        finally:
+            done.set()
+
+    return wrapper

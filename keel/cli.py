@@ -1,0 +1,238 @@
+"""``keel``: run the local stack, ingest documents, ask questions.
+
+    keel up [--workers N]      start Temporal dev server, local LLM and N workers
+    keel down | keel status
+    keel ingest PATH... --tenant T [--no-wait] [--json]
+    keel ask "QUESTION" --tenant T [--json]
+    keel stats --tenant T [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+from keel.offline import configure_offline
+
+configure_offline()
+
+from keel.config import KeelSettings  # noqa: E402
+from keel.contracts import AskInput, IndexStatsInput, IngestCorpusInput, IngestSummary  # noqa: E402
+
+
+async def _client(settings: KeelSettings):
+    from temporalio.client import Client
+
+    return await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
+
+
+def _short_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def _display_path(path: str) -> str:
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+def cmd_up(args, settings: KeelSettings) -> int:
+    from keel.stack import Stack
+
+    Stack(settings).up(workers=args.workers)
+    print(f"Temporal Web UI: {settings.ui_url}")
+    return 0
+
+
+def cmd_down(args, settings: KeelSettings) -> int:
+    from keel.stack import Stack
+
+    Stack(settings).down()
+    return 0
+
+
+def cmd_status(args, settings: KeelSettings) -> int:
+    from keel.stack import Stack
+
+    running = Stack(settings).running()
+    if not running:
+        print("nothing started by keel is running")
+    for p in running:
+        print(f"{p.role:9} pid {p.pid:<8} {' '.join(p.cmd[-3:])}  log {p.log}")
+    print(f"Temporal Web UI: {settings.ui_url}")
+    return 0
+
+
+async def cmd_ingest(args, settings: KeelSettings) -> int:
+    from workflows.ingest import IngestCorpus
+
+    client = await _client(settings)
+    workflow_id = f"ingest-{args.tenant}-{_short_id()}"
+    handle = await client.start_workflow(
+        IngestCorpus.run,
+        IngestCorpusInput(
+            tenant=args.tenant,
+            paths=[str(Path(p).resolve()) for p in args.paths],
+            concurrency=settings.ingest_concurrency,
+            documents_per_run=settings.ingest_documents_per_run,
+            index_task_queue=settings.index_task_queue,
+        ),
+        id=workflow_id,
+        task_queue=settings.task_queue,
+    )
+    url = settings.run_ui_url(workflow_id)
+    if args.no_wait:
+        print(json.dumps({"workflow_id": workflow_id, "ui_url": url}) if args.json else workflow_id)
+        return 0
+    if not args.json:
+        print(f"Ingesting into tenant {args.tenant!r}: {url}", file=sys.stderr)
+    summary = await _wait_with_progress(handle, show=not args.json)
+    if args.json:
+        print(json.dumps({"workflow_id": workflow_id, "ui_url": url, **asdict(summary)}))
+        return 0
+    print(
+        f"{summary.indexed} indexed, {summary.unchanged} unchanged, {summary.failed} failed "
+        f"({summary.chunks} chunks) of {summary.total} documents"
+    )
+    for f in summary.failures:
+        print(f"  FAILED {_display_path(f.path)}: {f.error_type}: {f.message}")
+    return 0
+
+
+async def _wait_with_progress(handle, *, show: bool) -> IngestSummary:
+    from tqdm import tqdm
+
+    from workflows.ingest import IngestCorpus
+
+    result = asyncio.ensure_future(handle.result())
+    bar = tqdm(total=0, unit="doc", disable=not show, file=sys.stderr)
+    try:
+        while not result.done():
+            try:
+                progress = await handle.query(IngestCorpus.progress)
+                bar.total = progress.total
+                bar.n = progress.done
+                bar.set_postfix(failed=progress.failed, refresh=False)
+                bar.refresh()
+            except Exception:  # not started yet, or between continue-as-new runs
+                pass
+            await asyncio.wait([result], timeout=0.5)
+        summary = result.result()
+        bar.total, bar.n = summary.total, summary.done
+        bar.refresh()
+        return summary
+    finally:
+        bar.close()
+
+
+async def cmd_ask(args, settings: KeelSettings) -> int:
+    from workflows.answer import AnswerQuestion
+
+    client = await _client(settings)
+    workflow_id = f"ask-{args.tenant}-{_short_id()}"
+    handle = await client.start_workflow(
+        AnswerQuestion.run,
+        AskInput(
+            tenant=args.tenant,
+            question=args.question,
+            top_k=settings.top_k,
+            prefetch_k=settings.prefetch_k,
+            min_relevance=settings.min_relevance,
+            prompt_version=settings.prompt_version,
+            index_task_queue=settings.index_task_queue,
+        ),
+        id=workflow_id,
+        task_queue=settings.task_queue,
+    )
+    result = await handle.result()
+    url = settings.run_ui_url(workflow_id, handle.result_run_id)
+    out = {
+        "question": args.question,
+        "answer": result.answer,
+        "citations": [asdict(c) for c in result.citations],
+        "degraded": result.degraded,
+        "degraded_reason": result.degraded_reason,
+        "answerable": result.answerable,
+        "workflow_id": workflow_id,
+        "run_id": handle.result_run_id,
+        "ui_url": url,
+        "usage": asdict(result.usage),
+        "model": result.model,
+        "attempts": result.attempts,
+        "pii_counts": result.pii_counts,
+        "settings": result.settings,
+    }
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(f"Q: {args.question}")
+    print(f"A: {result.answer}" + ("   [degraded: extractive fallback]" if result.degraded else ""))
+    for c in result.citations:
+        print(f"   - {_display_path(c.document)} (score {c.score:.2f}, chunk {c.chunk_id})")
+    print(f"   run: {url}")
+    return 0
+
+
+async def cmd_stats(args, settings: KeelSettings) -> int:
+    from workflows.stats import IndexStats
+
+    client = await _client(settings)
+    stats = await client.execute_workflow(
+        IndexStats.run,
+        IndexStatsInput(tenant=args.tenant, index_task_queue=settings.index_task_queue),
+        id=f"stats-{args.tenant}-{_short_id()}",
+        task_queue=settings.task_queue,
+    )
+    print(json.dumps(asdict(stats)) if args.json else f"{stats.documents} documents, {stats.chunks} chunks")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="keel", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start the local stack")
+    up.add_argument("--workers", type=int, default=1)
+    up.set_defaults(func=cmd_up)
+    sub.add_parser("down", help="stop what `keel up` started").set_defaults(func=cmd_down)
+    sub.add_parser("status", help="show what `keel up` started").set_defaults(func=cmd_status)
+
+    ingest = sub.add_parser("ingest", help="ingest files and folders")
+    ingest.add_argument("paths", nargs="+")
+    ingest.add_argument("--tenant", required=True)
+    ingest.add_argument("--no-wait", action="store_true", help="print the workflow id and return")
+    ingest.add_argument("--json", action="store_true")
+    ingest.set_defaults(func=cmd_ingest)
+
+    ask = sub.add_parser("ask", help="answer a question from a tenant's documents")
+    ask.add_argument("question")
+    ask.add_argument("--tenant", required=True)
+    ask.add_argument("--json", action="store_true")
+    ask.set_defaults(func=cmd_ask)
+
+    stats = sub.add_parser("stats", help="documents and chunks in a tenant's index")
+    stats.add_argument("--tenant", required=True)
+    stats.add_argument("--json", action="store_true")
+    stats.set_defaults(func=cmd_stats)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = KeelSettings()
+    result = args.func(args, settings)
+    if asyncio.iscoroutine(result):
+        result = asyncio.run(result)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

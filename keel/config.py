@@ -1,0 +1,128 @@
+"""One typed settings object for every Keel process.
+
+Sources, highest priority first: keyword arguments, ``KEEL_*`` environment variables, the TOML
+file named by ``KEEL_CONFIG`` (default ``keel.toml`` in the working directory), defaults.
+The embedded default needs no file at all; production points the same code at a Temporal
+cluster, a Qdrant server and a hosted LLM, e.g.::
+
+    KEEL_TEMPORAL_ADDRESS=temporal.internal:7233
+    KEEL_QDRANT_URL=http://qdrant.internal:6333
+    KEEL_LLM_BASE_URL=https://api.openai.com/v1  KEEL_LLM_API_KEY=...  KEEL_LLM_MODEL=gpt-4o-mini
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class KeelSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KEEL_", extra="ignore", frozen=True)
+
+    # Where the embedded default keeps its state (Temporal db, Qdrant store, blobs, pids, logs).
+    data_dir: Path = Path(".keel")
+
+    # Temporal
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    temporal_ui_port: int = 8233
+    temporal_ui_url: str | None = None  # defaults to http://127.0.0.1:<temporal_ui_port>
+    task_queue: str = "keel"
+    # Index/search activities go here. With an embedded store only the process that owns it
+    # polls this queue; with a Qdrant server every worker does.
+    index_task_queue: str = "keel-index"
+
+    # Qdrant: a URL selects the server backend, otherwise an embedded store under data_dir.
+    qdrant_url: str | None = None
+    qdrant_api_key: str | None = None
+    collection: str = "keel_chunks"
+
+    # Ingestion
+    chunk_max_tokens: int = 180
+    chunk_overlap_tokens: int = 30
+    embed_batch_size: int = 32
+    pii_enabled: bool = True
+    # 0.35 admits phone numbers without a context word (presidio scores them 0.4).
+    pii_score_threshold: float = 0.35
+    ingest_concurrency: int = 8
+    ingest_documents_per_run: int = 200  # continue-as-new after this many documents
+    max_document_bytes: int = 50_000_000
+
+    # Retrieval
+    top_k: int = 5
+    prefetch_k: int = 40
+    min_relevance: float = 0.25  # cosine of the best chunk below which we do not answer
+
+    # LLM (OpenAI-compatible chat completions)
+    llm_base_url: str = "http://127.0.0.1:8088/v1"
+    llm_api_key: str | None = None
+    llm_model: str = "smollm2-135m-instruct"
+    llm_timeout_seconds: float = 120.0
+    llm_max_tokens: int = 200
+    # "auto": llama-cpp-python's dialect for the local server `keel up` starts, OpenAI's otherwise.
+    llm_response_format: Literal["auto", "json_schema", "json_object"] = "auto"
+    llm_port: int = 8088  # port of the local llama.cpp server started by `keel up`
+    llm_start_local: bool = True  # `keel up` starts the local model server
+    prompt_version: str = "answer-v1"
+
+    embedding_model: str = "all-MiniLM-L6-v2"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = Path(os.environ.get("KEEL_CONFIG", "keel.toml"))
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file))
+
+    @cached_property
+    def ui_url(self) -> str:
+        return self.temporal_ui_url or f"http://127.0.0.1:{self.temporal_ui_port}"
+
+    @property
+    def uses_local_llm(self) -> bool:
+        """True when the LLM is the llama.cpp server that `keel up` starts."""
+        url = urlparse(self.llm_base_url)
+        return self.llm_start_local and url.hostname in ("127.0.0.1", "localhost", "::1") and url.port == self.llm_port
+
+    @property
+    def response_format(self) -> str:
+        if self.llm_response_format == "auto":
+            return "json_object" if self.uses_local_llm else "json_schema"
+        return self.llm_response_format
+
+    @property
+    def embedded_index(self) -> bool:
+        return self.qdrant_url is None
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def qdrant_path(self) -> Path:
+        return self.data_dir / "qdrant"
+
+    def run_ui_url(self, workflow_id: str, run_id: str | None = None) -> str:
+        url = f"{self.ui_url}/namespaces/{self.temporal_namespace}/workflows/{workflow_id}"
+        return f"{url}/{run_id}/history" if run_id else url
+
+
+
+def get_settings() -> KeelSettings:
+    return KeelSettings()
+

