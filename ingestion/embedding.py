@@ -36,7 +36,9 @@ class Embedder:
         for start in range(0, len(texts), self.batch_size):
             batch = texts[start : start + self.batch_size]
             parts.append(
-                self.model.encode(batch, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True)
+                self.model.encode(
+                    batch, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+                )
             )
             if on_batch:
                 on_batch(start + len(batch))

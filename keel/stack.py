@@ -120,7 +120,7 @@ class Stack:
     def _spawn(self, role: str, cmd: list[str], name: str) -> tuple[Process, subprocess.Popen]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / f"{name}.log"
-        env = dict(os.environ, **settings_env(self.settings), KEEL_DATA_DIR=str(self.data_dir))
+        env = {**os.environ, **settings_env(self.settings), "KEEL_DATA_DIR": str(self.data_dir)}
         with open(log, "ab") as out:
             proc = subprocess.Popen(
                 cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True

@@ -112,14 +112,14 @@ async def test_pii_never_reaches_index_or_llm(keel: KeelEnv, fake_llm, tmp_path)
     doc = tmp_path / "contact.txt"
     doc.write_text(
         "Volunteer coordinator\n\nThe volunteer coordinator is Margaret Oyelaran. Reach her at "
-        "margaret.oyelaran@northwind.example or (555) 014-2231 to sign up for lamp polishing shifts."
+        "margaret.oyelaran@northwind.example.com or (555) 014-2231 to sign up for lamp polishing shifts."
     )
     summary = await keel.ingest([doc], tenant="pii")
     assert summary.indexed == 1
-    result, _ = await keel.ask("Who coordinates the volunteers and how do I reach margaret.oyelaran@northwind.example?", tenant="pii")
+    result, _ = await keel.ask("Who coordinates the volunteers and how do I reach margaret.oyelaran@northwind.example.com?", tenant="pii")
     assert result.pii_counts.get("EMAIL_ADDRESS") == 1
     prompt = json.dumps(fake_llm.requests[-1]["messages"])
-    for secret in ("Oyelaran", "margaret.oyelaran@northwind.example", "014-2231"):
+    for secret in ("Oyelaran", "margaret.oyelaran@northwind.example.com", "014-2231"):
         assert secret not in prompt
     assert "<EMAIL_ADDRESS>" in prompt and "<PERSON>" in prompt and "<PHONE_NUMBER>" in prompt
 
