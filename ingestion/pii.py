@@ -40,7 +40,7 @@ class PIIScrubber:
     """
 
     def __init__(self, entities: tuple[str, ...] = DEFAULT_ENTITIES, score_threshold: float = 0.35) -> None:
-        from presidio_analyzer import AnalyzerEngine
+        from presidio_analyzer import AnalyzerEngine, BatchAnalyzerEngine
         from presidio_analyzer.nlp_engine import NlpEngineProvider
         from presidio_anonymizer import AnonymizerEngine
 
@@ -55,30 +55,29 @@ class PIIScrubber:
                 "models": [{"lang_code": "en", "model_name": SPACY_MODEL}],
             }
         ).create_engine()
-        self._analyzer = AnalyzerEngine(nlp_engine=nlp_engine, supported_languages=["en"])
+        self._batch = BatchAnalyzerEngine(AnalyzerEngine(nlp_engine=nlp_engine, supported_languages=["en"]))
         self._anonymizer = AnonymizerEngine()
         self.entities = list(entities)
         self.score_threshold = score_threshold
 
     def scrub(self, text: str) -> tuple[str, dict[str, int]]:
-        if not text.strip():
-            return text, {}
-        results = self._analyzer.analyze(
-            text=text, language="en", entities=self.entities, score_threshold=self.score_threshold
-        )
-        if not results:
-            return text, {}
-        # The anonymizer's default operator replaces each span with "<ENTITY_TYPE>" and resolves
-        # overlapping spans itself.
-        anonymized = self._anonymizer.anonymize(text=text, analyzer_results=results)
-        counts = Counter(item.entity_type for item in anonymized.items)
-        return anonymized.text, dict(counts)
+        texts, counts = self.scrub_many([text])
+        return texts[0], counts
 
-    def scrub_many(self, texts: list[str]) -> tuple[list[str], dict[str, int]]:
+    def scrub_many(self, texts: list[str], batch_size: int = 32) -> tuple[list[str], dict[str, int]]:
+        """Scrub ``texts`` (spaCy runs them in batches); returns them with total counts per type."""
+        analyzed = self._batch.analyze_iterator(
+            texts, language="en", entities=self.entities, score_threshold=self.score_threshold, batch_size=batch_size
+        )
         total: Counter[str] = Counter()
         out = []
-        for text in texts:
-            scrubbed, counts = self.scrub(text)
-            out.append(scrubbed)
-            total.update(counts)
+        for text, results in zip(texts, analyzed):
+            if not results:
+                out.append(text)
+                continue
+            # The anonymizer's default operator replaces each span with "<ENTITY_TYPE>" and
+            # resolves overlapping spans itself.
+            anonymized = self._anonymizer.anonymize(text=text, analyzer_results=results)
+            total.update(item.entity_type for item in anonymized.items)
+            out.append(anonymized.text)
         return out, dict(total)

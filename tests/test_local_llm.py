@@ -43,6 +43,7 @@ async def test_ask_with_the_real_local_model_through_the_cli(tmp_path_factory, t
         answer = keel("ask", "When was the Fresnel lens restored?", "--tenant", "local")
         assert set(answer) >= {"answer", "citations", "degraded", "workflow_id", "run_id", "ui_url", "usage"}
         assert answer["answer"] and answer["citations"]
+        assert not answer["degraded"], answer["degraded_reason"]  # grammar-constrained JSON validates
         assert answer["usage"]["prompt_tokens"] > 0 and answer["usage"]["completion_tokens"] > 0
         assert answer["model"]  # the local server reports the model it ran
         assert answer["ui_url"].endswith(f"/workflows/{answer['workflow_id']}/{answer['run_id']}/history")
