@@ -46,7 +46,7 @@ class KeelEnv:
     def workflow_id(self, kind: str) -> str:
         return f"test-{kind}-{uuid.uuid4().hex[:10]}"
 
-    async def start_ingest(self, paths: list[Path | str], tenant: str) -> WorkflowHandle:
+    async def start_ingest(self, paths: list[Path | str], tenant: str, documents_per_run: int | None = None) -> WorkflowHandle:
         s = self.settings
         return await self.client.start_workflow(
             IngestCorpus.run,
@@ -54,7 +54,7 @@ class KeelEnv:
                 tenant=tenant,
                 paths=[str(p) for p in paths],
                 concurrency=s.ingest_concurrency,
-                documents_per_run=s.ingest_documents_per_run,
+                documents_per_run=documents_per_run or s.ingest_documents_per_run,
                 index_task_queue=s.index_task_queue,
             ),
             id=self.workflow_id("ingest"),

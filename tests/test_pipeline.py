@@ -61,6 +61,18 @@ async def test_changed_document_replaces_its_old_chunks(keel: KeelEnv, tmp_path)
     assert all("departure" not in c.document for c in result.citations)
 
 
+async def test_large_corpus_continues_as_new_with_one_summary(keel: KeelEnv, tmp_path):
+    for i in range(7):
+        (tmp_path / f"note_{i}.txt").write_text(f"Keeper note {i}\n\nThe lamp was trimmed {i} times this week.")
+    handle = await keel.start_ingest([tmp_path], tenant="paging", documents_per_run=3)
+    summary = await handle.result()
+    assert (summary.total, summary.indexed, summary.failed) == (7, 7, 0)
+    first_run = keel.client.get_workflow_handle(handle.id, run_id=handle.first_execution_run_id)
+    history = await first_run.fetch_history()
+    assert history.events[-1].HasField("workflow_execution_continued_as_new_event_attributes")
+    assert (await keel.stats("paging")).documents == 7
+
+
 async def test_bad_files_fail_alone_with_typed_reasons(keel: KeelEnv, tmp_path):
     good = tmp_path / "good.md"
     good.write_text("# Tide tables\n\nHigh tide at the north jetty is at 06:40 on Mondays.")
