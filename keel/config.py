@@ -25,6 +25,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from keel.contracts import AskInput, IngestCorpusInput
+
 
 class KeelSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KEEL_", extra="ignore", frozen=True)
@@ -117,12 +119,28 @@ class KeelSettings(BaseSettings):
     def qdrant_path(self) -> Path:
         return self.data_dir / "qdrant"
 
+    def ingest_input(self, tenant: str, paths: list[str]) -> IngestCorpusInput:
+        return IngestCorpusInput(
+            tenant=tenant,
+            paths=paths,
+            concurrency=self.ingest_concurrency,
+            documents_per_run=self.ingest_documents_per_run,
+            index_task_queue=self.index_task_queue,
+        )
+
+    def ask_input(self, tenant: str, question: str) -> AskInput:
+        return AskInput(
+            tenant=tenant,
+            question=question,
+            top_k=self.top_k,
+            prefetch_k=self.prefetch_k,
+            min_relevance=self.min_relevance,
+            prompt_version=self.prompt_version,
+            index_task_queue=self.index_task_queue,
+        )
+
     def run_ui_url(self, workflow_id: str, run_id: str | None = None) -> str:
         url = f"{self.ui_url}/namespaces/{self.temporal_namespace}/workflows/{workflow_id}"
         return f"{url}/{run_id}/history" if run_id else url
 
-
-
-def get_settings() -> KeelSettings:
-    return KeelSettings()
 

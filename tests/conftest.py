@@ -21,7 +21,7 @@ configure_offline()
 from temporalio.client import Client, WorkflowHandle  # noqa: E402
 
 from keel.config import KeelSettings  # noqa: E402
-from keel.contracts import AskInput, AskResult, IndexStatsInput, IndexStatsOutput, IngestCorpusInput, IngestSummary  # noqa: E402
+from keel.contracts import AskResult, IndexStatsInput, IndexStatsOutput, IngestSummary  # noqa: E402
 from keel.stack import Stack  # noqa: E402
 from keel.testing.fake_openai import FakeOpenAI  # noqa: E402
 from workflows import AnswerQuestion, IndexStats, IngestCorpus  # noqa: E402
@@ -47,38 +47,21 @@ class KeelEnv:
         return f"test-{kind}-{uuid.uuid4().hex[:10]}"
 
     async def start_ingest(self, paths: list[Path | str], tenant: str, documents_per_run: int | None = None) -> WorkflowHandle:
-        s = self.settings
+        inp = self.settings.ingest_input(tenant, [str(p) for p in paths])
+        inp.documents_per_run = documents_per_run or inp.documents_per_run
         return await self.client.start_workflow(
-            IngestCorpus.run,
-            IngestCorpusInput(
-                tenant=tenant,
-                paths=[str(p) for p in paths],
-                concurrency=s.ingest_concurrency,
-                documents_per_run=documents_per_run or s.ingest_documents_per_run,
-                index_task_queue=s.index_task_queue,
-            ),
-            id=self.workflow_id("ingest"),
-            task_queue=s.task_queue,
+            IngestCorpus.run, inp, id=self.workflow_id("ingest"), task_queue=self.settings.task_queue
         )
 
     async def ingest(self, paths: list[Path | str], tenant: str) -> IngestSummary:
         return await (await self.start_ingest(paths, tenant)).result()
 
-    async def ask(self, question: str, tenant: str, **overrides) -> tuple[AskResult, WorkflowHandle]:
-        s = self.settings
-        inp = AskInput(
-            tenant=tenant,
-            question=question,
-            top_k=s.top_k,
-            prefetch_k=s.prefetch_k,
-            min_relevance=s.min_relevance,
-            prompt_version=s.prompt_version,
-            index_task_queue=s.index_task_queue,
-        )
-        for key, value in overrides.items():
-            setattr(inp, key, value)
+    async def ask(self, question: str, tenant: str) -> tuple[AskResult, WorkflowHandle]:
         handle = await self.client.start_workflow(
-            AnswerQuestion.run, inp, id=self.workflow_id("ask"), task_queue=s.task_queue
+            AnswerQuestion.run,
+            self.settings.ask_input(tenant, question),
+            id=self.workflow_id("ask"),
+            task_queue=self.settings.task_queue,
         )
         return await handle.result(), handle
 
