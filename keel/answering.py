@@ -10,6 +10,7 @@ Pure functions with no I/O: safe to call from workflow code.
 from __future__ import annotations
 
 import re
+from pathlib import PurePath
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -30,7 +31,8 @@ PROMPTS = {
 class AnswerPayload(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    answer: str = Field(min_length=1)
+    # At least one word: "..." or "-" is not an answer.
+    answer: str = Field(min_length=1, pattern=r"\w")
     citations: list[str] = Field(min_length=1)
 
 
@@ -65,7 +67,7 @@ def build_messages(
         system = PROMPTS[prompt_version]
     except KeyError:
         raise ValueError(f"unknown prompt_version {prompt_version!r}; known: {', '.join(PROMPTS)}") from None
-    sources = "\n\n".join(f"[{source_label(i)}] ({c.document})\n{c.text}" for i, c in enumerate(chunks))
+    sources = "\n\n".join(f"[{source_label(i)}] ({PurePath(c.document).name})\n{c.text}" for i, c in enumerate(chunks))
     messages = [
         {"role": "system", "content": system},
         {"role": "user", "content": f"Sources:\n{sources}\n\nQuestion: {question}"},

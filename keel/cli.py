@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import uuid
 from dataclasses import asdict
@@ -182,6 +183,21 @@ async def cmd_stats(args, settings: KeelSettings) -> int:
     return 0
 
 
+def _describe_failure(err: Exception, settings: KeelSettings) -> str:
+    from temporalio.client import WorkflowFailureError
+    from temporalio.exceptions import ApplicationError, FailureError
+
+    if isinstance(err, WorkflowFailureError):
+        cause: BaseException = err.cause
+        while isinstance(cause, FailureError) and cause.cause is not None:
+            cause = cause.cause
+        kind = cause.type if isinstance(cause, ApplicationError) and cause.type else type(cause).__name__
+        return f"the workflow failed: {kind}: {getattr(cause, 'message', cause)}"
+    if "connect" in str(err).lower():
+        return f"cannot reach Temporal at {settings.temporal_address} (is `keel up` running?): {err}"
+    return f"{type(err).__name__}: {err}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="keel", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -215,9 +231,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = KeelSettings()
     result = args.func(args, settings)
-    if asyncio.iscoroutine(result):
-        result = asyncio.run(result)
-    return result
+    if not asyncio.iscoroutine(result):
+        return result
+    try:
+        code = asyncio.run(result)
+    except Exception as e:  # report, don't dump a traceback of the client's internals
+        code = 1
+        print(f"keel {args.command}: {_describe_failure(e, settings)}", file=sys.stderr)
+    # The Temporal client's native threads can abort interpreter shutdown of a short-lived
+    # process ("PyGILState_Release ... finalizing", temporalio/sdk-python#300): skip it.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
