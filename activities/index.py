@@ -10,6 +10,8 @@ from temporalio import activity
 
 from activities._runtime import heartbeating, runtime
 from keel.contracts import (
+    IndexedVersionsInput,
+    IndexedVersionsOutput,
     IndexInput,
     IndexOutput,
     IndexStatsInput,
@@ -57,6 +59,14 @@ def retrieve(inp: RetrieveInput) -> RetrieveOutput:
 
 @activity.defn
 @heartbeating
+def indexed_versions(inp: IndexedVersionsInput) -> IndexedVersionsOutput:
+    rt = runtime()
+    with rt.index_lock:
+        return IndexedVersionsOutput(content_hashes=rt.index.indexed_versions(inp.tenant, inp.document_ids))
+
+
+@activity.defn
+@heartbeating
 def index_stats(inp: IndexStatsInput) -> IndexStatsOutput:
     rt = runtime()
     try:
@@ -67,4 +77,4 @@ def index_stats(inp: IndexStatsInput) -> IndexStatsOutput:
     return IndexStatsOutput(**stats)
 
 
-INDEX_ACTIVITIES = [index_chunks, retrieve, index_stats]
+INDEX_ACTIVITIES = [index_chunks, indexed_versions, retrieve, index_stats]

@@ -46,7 +46,7 @@ def _expand(paths: list[str]) -> list[Path]:
             files.append(path)
         else:
             raise FileNotFoundError(f"{raw}: no such file or folder")
-    return files
+    return list(dict.fromkeys(files))  # a path named twice is one document
 
 
 @activity.defn

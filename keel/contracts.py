@@ -201,6 +201,17 @@ class RetrieveOutput:
 
 
 @dataclass
+class IndexedVersionsInput:
+    tenant: str
+    document_ids: list[str]
+
+
+@dataclass
+class IndexedVersionsOutput:
+    content_hashes: dict[str, str]  # document id -> content hash of the indexed version
+
+
+@dataclass
 class IndexStatsInput:
     tenant: str
     index_task_queue: str = INDEX_TASK_QUEUE

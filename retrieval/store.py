@@ -175,6 +175,25 @@ class ChunkIndex:
             hits.append(SearchHit(str(point.id), p["document_id"], p["source"], p["text"], cosine, float(point.score)))
         return hits
 
+    def indexed_versions(self, tenant: str, document_ids: list[str]) -> dict[str, str]:
+        """The content hash of the indexed version of each of ``document_ids`` that is indexed."""
+        from qdrant_client import models
+
+        _require_tenant(tenant)
+        if not document_ids:
+            return {}
+        first_chunks = models.Filter(
+            must=[
+                _match("tenant", tenant),
+                models.FieldCondition(key="document_id", match=models.MatchAny(any=document_ids)),
+                models.FieldCondition(key="chunk_index", match=models.MatchValue(value=0)),
+            ]
+        )
+        points, _ = self.client.scroll(
+            self.collection, scroll_filter=first_chunks, limit=len(document_ids), with_payload=["document_id", "content_hash"]
+        )
+        return {p.payload["document_id"]: p.payload["content_hash"] for p in points}
+
     def stats(self, tenant: str) -> dict[str, int]:
         from qdrant_client import models
 

@@ -8,6 +8,7 @@ Uses the embedded default's settings (``KEEL_*``), the sample corpus and the con
 from __future__ import annotations
 
 import asyncio
+import uuid
 from pathlib import Path
 
 from keel.config import KeelSettings
@@ -22,7 +23,7 @@ async def main() -> None:
 
     settings = KeelSettings()
     env = KeelEnv(settings=settings, stack=None, client=await Client.connect(settings.temporal_address))
-    tenant = "histories"
+    tenant = f"histories-{uuid.uuid4().hex[:8]}"  # a fresh tenant, so every step really runs
     corpus_handle = await env.start_ingest([CORPUS / "history.txt", CORPUS / "membership.md"], tenant)
     await corpus_handle.result()
     _, ask_handle = await env.ask("How much does a family membership cost?", tenant)

@@ -10,7 +10,7 @@ from temporalio.common import RetryPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, FailureError, WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.index import index_chunks
+    from activities.index import index_chunks, indexed_versions
     from activities.ingest import (
         chunk_document,
         embed_chunks,
@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
         DocumentEntry,
         DocumentFailure,
         EmbedInput,
+        IndexedVersionsInput,
         IndexInput,
         IngestCorpusInput,
         IngestDocumentInput,
@@ -124,9 +125,11 @@ class IngestDocument:
 class IngestCorpus:
     """Ingest every document under the given paths, ``concurrency`` children at a time.
 
-    Re-ingesting unchanged content is a no-op: the child's workflow id contains the content hash,
-    and a completed id is not run again. A corpus of any size keeps a bounded history by
-    continuing as new every ``documents_per_run`` documents.
+    Re-ingesting unchanged content is a no-op: documents whose indexed version has the same
+    content hash start no child at all. Any other document (new, changed, or changed back to an
+    earlier version) runs a child whose workflow id is derived from tenant, document and
+    content hash, so two concurrent ingests of the same content run it once. A corpus of any
+    size keeps a bounded history by continuing as new every ``documents_per_run`` documents.
     """
 
     def __init__(self) -> None:
@@ -157,8 +160,20 @@ class IngestCorpus:
             ManifestPageInput(manifest_key=manifest_key, offset=inp.offset, limit=inp.documents_per_run),
             start_to_close_timeout=timedelta(minutes=2),
         )
+        # Asking the index (not workflow ids) what is current stays right when a file is
+        # changed back to an earlier version, or when the index was rebuilt.
+        indexed = await workflow.execute_activity(
+            indexed_versions,
+            IndexedVersionsInput(tenant=inp.tenant, document_ids=[e.document_id for e in page.entries]),
+            task_queue=inp.index_task_queue,
+            start_to_close_timeout=timedelta(minutes=2),
+            heartbeat_timeout=HEARTBEAT,
+            retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30), non_retryable_error_types=NON_RETRYABLE),
+        )
+        todo = [e for e in page.entries if indexed.content_hashes.get(e.document_id) != e.content_hash]
+        self._summary.unchanged += len(page.entries) - len(todo)
         slots = asyncio.Semaphore(inp.concurrency)
-        await asyncio.gather(*(self._ingest(inp, entry, slots) for entry in page.entries))
+        await asyncio.gather(*(self._ingest(inp, entry, slots) for entry in todo))
 
         offset = inp.offset + len(page.entries)
         if offset < total:
@@ -190,10 +205,10 @@ class IngestCorpus:
                         index_task_queue=inp.index_task_queue,
                     ),
                     id=child_id,
-                    # A completed id means this exact content is indexed: skip. A failed one may be retried.
-                    id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+                    id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
                 )
             except WorkflowAlreadyStartedError:
+                # Another ingest is indexing this exact content right now.
                 self._summary.unchanged += 1
                 return
             except ChildWorkflowError as e:
