@@ -69,7 +69,7 @@ class KeelSettings(BaseSettings):
     llm_base_url: str = "http://127.0.0.1:8088/v1"
     llm_api_key: str | None = None
     llm_model: str = "smollm2-135m-instruct"
-    llm_timeout_seconds: float = 120.0
+    llm_timeout_seconds: float = 60.0
     llm_max_tokens: int = 200
     # "auto": llama-cpp-python's dialect for the local server `keel up` starts, OpenAI's otherwise.
     llm_response_format: Literal["auto", "json_schema", "json_object"] = "auto"

@@ -31,7 +31,7 @@ LLM_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
     maximum_interval=timedelta(seconds=30),
-    maximum_attempts=4,
+    maximum_attempts=3,
     non_retryable_error_types=NON_RETRYABLE,
 )
 HEARTBEAT = timedelta(seconds=30)
