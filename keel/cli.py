@@ -185,14 +185,12 @@ async def cmd_stats(args, settings: KeelSettings) -> int:
 
 def _describe_failure(err: Exception, settings: KeelSettings) -> str:
     from temporalio.client import WorkflowFailureError
-    from temporalio.exceptions import ApplicationError, FailureError
+
+    from workflows.ingest import failure_reason
 
     if isinstance(err, WorkflowFailureError):
-        cause: BaseException = err.cause
-        while isinstance(cause, FailureError) and cause.cause is not None:
-            cause = cause.cause
-        kind = cause.type if isinstance(cause, ApplicationError) and cause.type else type(cause).__name__
-        return f"the workflow failed: {kind}: {getattr(cause, 'message', cause)}"
+        kind, message = failure_reason(err.cause)
+        return f"the workflow failed: {kind}: {message}"
     if "connect" in str(err).lower():
         return f"cannot reach Temporal at {settings.temporal_address} (is `keel up` running?): {err}"
     return f"{type(err).__name__}: {err}"

@@ -53,10 +53,12 @@ def document_workflow_id(tenant: str, entry: DocumentEntry) -> str:
     return f"ingest-doc-{tenant}-{entry.document_id[:16]}-{entry.content_hash[:16]}"
 
 
-def root_cause(err: BaseException) -> FailureError | BaseException:
+def failure_reason(err: BaseException) -> tuple[str, str]:
+    """(error type, message) of the innermost cause of a child workflow or activity failure."""
     while isinstance(err, (ChildWorkflowError, ActivityError)) and err.cause is not None:
         err = err.cause
-    return err
+    kind = err.type if isinstance(err, ApplicationError) and err.type else type(err).__name__
+    return kind, err.message if isinstance(err, FailureError) else str(err)
 
 
 @workflow.defn
@@ -113,9 +115,8 @@ class IngestDocument:
             )
         except ActivityError as e:
             # Fail this document with the step's own typed reason, readable in the UI.
-            cause = root_cause(e)
-            error_type = cause.type if isinstance(cause, ApplicationError) else type(cause).__name__
-            raise ApplicationError(str(cause.message if isinstance(cause, FailureError) else cause), type=error_type, non_retryable=True) from e
+            error_type, message = failure_reason(e)
+            raise ApplicationError(message, type=error_type, non_retryable=True) from e
         return IngestDocumentOutput(
             document_id=inp.document_id, path=inp.path, chunks=chunks.chunks, pii_counts=scrubbed.pii_counts
         )
@@ -212,17 +213,10 @@ class IngestCorpus:
                 self._summary.unchanged += 1
                 return
             except ChildWorkflowError as e:
-                cause = root_cause(e)
                 self._summary.failed += 1
                 if len(self._summary.failures) < MAX_RECORDED_FAILURES:
-                    self._summary.failures.append(
-                        DocumentFailure(
-                            path=entry.path,
-                            error_type=cause.type if isinstance(cause, ApplicationError) and cause.type else type(cause).__name__,
-                            message=cause.message if isinstance(cause, FailureError) else str(cause),
-                            workflow_id=child_id,
-                        )
-                    )
+                    error_type, message = failure_reason(e)
+                    self._summary.failures.append(DocumentFailure(entry.path, error_type, message, child_id))
                 return
         self._summary.indexed += 1
         self._summary.chunks += result.chunks
