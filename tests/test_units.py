@@ -1,14 +1,13 @@
 """The plain libraries, without Temporal: partitioning, PII, chunking, keyword vectors, the
-index contract, the LLM client's error classification and answer validation."""
+LLM client's error classification and answer validation (the index contract is in
+test_index_contract.py)."""
 
 from __future__ import annotations
 
 import json
-import random
 from email.utils import format_datetime
 from datetime import datetime, timedelta, timezone
 
-import numpy as np
 import pytest
 
 from ingestion.chunking import chunk_elements, count_tokens
@@ -127,64 +126,6 @@ def test_bm25_vectors_weight_terms_and_drop_stop_words():
     assert len(q.indices) == 2 and all(v == 1.0 for v in q.values)
     lantern, room = q.indices if weights[q.indices[0]] > weights[q.indices[1]] else q.indices[::-1]
     assert weights[lantern] > weights[room] > 0
-
-
-# --- the index contract (in-memory Qdrant: the same client API as a server) -------------------
-
-
-@pytest.fixture()
-def index():
-    from retrieval.store import ChunkIndex
-
-    idx = ChunkIndex(dimensions=8)
-    yield idx
-    idx.close()
-
-
-def _vectors(n: int, seed: int) -> np.ndarray:
-    v = np.random.default_rng(seed).normal(size=(n, 8)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-
-def test_search_requires_a_tenant(index):
-    with pytest.raises(errors.MissingTenant):
-        index.search("", "query", _vectors(1, 0)[0])
-
-
-def test_replace_document_is_idempotent_and_removes_stale_versions(index):
-    chunks = [{"text": f"chunk {i} about lanterns", "section": ""} for i in range(5)]
-    for _ in range(2):  # a retried upsert writes the same points
-        index.replace_document(tenant="t", document_id="d", source="d.txt", content_hash="v1", chunks=chunks, vectors=_vectors(5, 1))
-    assert index.stats("t") == {"documents": 1, "chunks": 5}
-    upserted, removed = index.replace_document(
-        tenant="t", document_id="d", source="d.txt", content_hash="v2", chunks=chunks[:2], vectors=_vectors(2, 2)
-    )
-    assert (upserted, removed) == (2, 5)
-    assert index.stats("t") == {"documents": 1, "chunks": 2}
-    index.delete_document("t", "d")
-    assert index.stats("t") == {"documents": 0, "chunks": 0}
-
-
-def test_hybrid_search_never_crosses_tenants(index):
-    rng = random.Random(7)
-    owners = {}
-    for d in range(30):
-        tenant = rng.choice(["red", "green", "blue"])
-        chunks = [{"text": f"shared words lighthouse {rng.randint(0, 5)} doc{d}", "section": ""} for _ in range(3)]
-        index.replace_document(tenant=tenant, document_id=f"d{d}", source=f"d{d}", content_hash="h", chunks=chunks, vectors=_vectors(3, d))
-        owners[f"d{d}"] = tenant
-    for q in range(20):
-        tenant = rng.choice(["red", "green", "blue"])
-        hits = index.search(tenant, "shared lighthouse words", _vectors(1, 100 + q)[0], top_k=10)
-        assert hits and all(owners[h.document_id] == tenant for h in hits)
-
-
-def test_keyword_match_ranks_first_in_hybrid_search(index):
-    texts = ["the fog horn sounds every thirty seconds", "visitors climb 128 steps", "the lens was restored in 1998"]
-    index.replace_document(tenant="t", document_id="a", source="a", content_hash="h",
-                           chunks=[{"text": t, "section": ""} for t in texts], vectors=_vectors(3, 3))
-    hits = index.search("t", "when was the lens restored", _vectors(1, 9)[0], top_k=3)
-    assert "restored" in hits[0].text
 
 
 # --- LLM client error classification (real HTTP against the fake provider) ------------------

@@ -1,0 +1,566 @@
+"""The chunk index on Qdrant Edge (``qdrant-edge-py``): Qdrant's engine in this process.
+
+Same public contract as :class:`retrieval.store.ChunkIndex` (``replace_document``,
+``delete_document``, ``search``, ``stats``, ``close``), built for ~1M chunks with ingestion
+running alongside queries.
+
+Layout (LSM-like tiers, one directory per Edge shard under ``path/collection``)::
+
+    manifest.json        {"active": name, "sealed": [names...], "next": n}   (atomic rename)
+    shards/<name>/       one EdgeShard each
+
+* **active** shard: small, appendable, plain (no HNSW) -- every upsert goes here, so a write is
+  searchable as soon as ``update`` returns (no optimizer ever runs on it in this process).
+* **sealed** shards: former active shards, read-mostly (they only receive deletes). Maintenance
+  (:meth:`EdgeChunkIndex.compact`) turns them into HNSW-indexed shards.
+* Every point id lives in exactly one shard: a (re)upsert of a document writes the active shard
+  and removes every copy of that document from the sealed shards.
+
+Maintenance never runs ``optimize()`` on a shard that serves queries. ``EdgeShard.optimize``
+holds the GIL for its whole run (measured: a spinning Python thread and a query thread made no
+progress during it), so it runs in a **child process** on a *copy* of the sealed shard(s):
+
+1. seal: flush the active shard, make it sealed, open a fresh active shard (manifest rewritten);
+2. under the write lock (ingestion pauses, queries do not), flush and copy the input shards'
+   directories to ``<new>.building`` (a copy is a different shard: the one-process-per-shard
+   lock is not violated);
+3. a child process loads the copy, merges the other inputs into it (scroll -> upsert),
+   runs ``optimize()``, flushes, exits. Queries keep being served by the originals meanwhile;
+   deletes that hit the originals meanwhile are journaled;
+4. swap: load the built shard, replay the journaled deletes, replace the inputs by it in the
+   serving set and the manifest (microseconds under the lock), close and remove the inputs.
+
+Keyword side: Keel's own BM25 sparse vectors from :mod:`retrieval.keyword` (same tokenizer and
+term ids as the qdrant-client backend), stored in a sparse vector with ``Modifier.Idf`` so the
+engine multiplies in IDF over the live shard. Across shards the dense lists are merged by cosine
+(globally comparable) and the keyword lists by BM25 score (IDF per shard: the big sealed shards'
+IDF is close to the global one, the active shard's is an estimate on a smaller sample), then fused
+with reciprocal rank fusion in Python with the engine's formula ``sum 1/(k + rank0)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retrieval.keyword import bm25_document_vector, bm25_query_vector
+from retrieval.store import DENSE, KEYWORD, RRF_K, SearchHit, _require_tenant, point_id
+
+_UPSERT_BATCH = 64  # one update() call holds the GIL: keep it short so queries interleave
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _qe():
+    import qdrant_edge
+
+    return qdrant_edge
+
+
+def shard_config(dimensions: int, *, hnsw_m: int = 16, payload_m: int = 16):
+    qe = _qe()
+    return qe.EdgeConfig(
+        vectors={DENSE: qe.EdgeVectorParams(size=dimensions, distance=qe.Distance.Cosine)},
+        sparse_vectors={KEYWORD: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
+        hnsw_config=qe.HnswIndexConfig(m=hnsw_m, ef_construct=100, full_scan_threshold=10_000, payload_m=payload_m),
+    )
+
+
+def _create_indexes(shard) -> None:
+    qe = _qe()
+    shard.update(qe.UpdateOperation.create_field_index("tenant", qe.KeywordIndexParams(is_tenant=True)))
+    for field in ("document_id", "content_hash"):
+        shard.update(qe.UpdateOperation.create_field_index(field, qe.PayloadSchemaType.Keyword))
+    shard.update(qe.UpdateOperation.create_field_index("chunk_index", qe.PayloadSchemaType.Integer))
+
+
+def _match(key: str, value):
+    qe = _qe()
+    return qe.FieldCondition(key=key, match=qe.MatchValue(value))
+
+
+class _RWLock:
+    """Many queries or one exclusive swap."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+
+    def acquire_read(self) -> None:
+        with self._cond:
+            while self._writer:
+                self._cond.wait()
+            self._readers += 1
+
+    def release_read(self) -> None:
+        with self._cond:
+            self._readers -= 1
+            if not self._readers:
+                self._cond.notify_all()
+
+    def acquire_write(self) -> None:
+        with self._cond:
+            while self._writer:
+                self._cond.wait()
+            self._writer = True
+            while self._readers:
+                self._cond.wait()
+
+    def release_write(self) -> None:
+        with self._cond:
+            self._writer = False
+            self._cond.notify_all()
+
+
+class EdgeChunkIndex:
+    """Hybrid chunk index on Qdrant Edge shards (one process only; see module docstring).
+
+    :param path: folder holding the index (created if missing).
+    :param seal_at_points: when the active shard reaches this many points, a background
+        :meth:`compact` seals it and builds its HNSW-indexed replacement out of process.
+
+    ``search(..., filters={"field": value})`` adds exact-match payload conditions (e.g.
+    ``document_id``, ``source``, ``section``) on top of the mandatory tenant filter.
+    """
+
+    def __init__(
+        self,
+        *,
+        path: Path | str,
+        collection: str = "keel_chunks",
+        dimensions: int = 384,
+        seal_at_points: int = 200_000,
+    ) -> None:
+        self.root = Path(path) / collection
+        self.shards_dir = self.root / "shards"
+        self.shards_dir.mkdir(parents=True, exist_ok=True)
+        self.collection = collection
+        self.dimensions = dimensions
+        self.seal_at_points = seal_at_points
+        self._write_lock = threading.RLock()  # writers + seal/swap bookkeeping
+        self._serve = _RWLock()  # queries (shared) vs swapping the shard list (exclusive)
+        self._journal: list[tuple[str, str]] | None = None  # (tenant, document_id) deleted during a build
+        self._compaction: threading.Thread | None = None
+        self.last_compaction: dict[str, Any] = {}
+        self._closed = False
+
+        manifest = self._read_manifest()
+        names = [manifest["active"], *manifest["sealed"]]
+        self._next = manifest["next"]
+        for leftover in self.shards_dir.iterdir():  # crashed builds, already-swapped inputs
+            if leftover.name not in names:
+                shutil.rmtree(leftover, ignore_errors=True)
+        self.shards: dict[str, Any] = {}
+        for name in names:
+            self.shards[name] = self._open(name)
+        self.active = manifest["active"]
+        self.sealed = list(manifest["sealed"])
+
+    # --- shard files -----------------------------------------------------------------------
+
+    def _read_manifest(self) -> dict:
+        file = self.root / "manifest.json"
+        if file.exists():
+            manifest = json.loads(file.read_text())
+            if manifest.get("dimensions", self.dimensions) != self.dimensions:
+                raise ValueError(f"index at {self.root} has {manifest['dimensions']}-d vectors, not {self.dimensions}")
+            return manifest
+        manifest = {"active": "s000000", "sealed": [], "next": 1, "dimensions": self.dimensions}
+        self._write_manifest_dict(manifest)
+        return manifest
+
+    def _write_manifest_dict(self, manifest: dict) -> None:
+        tmp = self.root / "manifest.json.tmp"
+        tmp.write_text(json.dumps(manifest))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, self.root / "manifest.json")
+
+    def _write_manifest(self) -> None:
+        self._write_manifest_dict(
+            {"active": self.active, "sealed": self.sealed, "next": self._next, "dimensions": self.dimensions}
+        )
+
+    def _new_name(self) -> str:
+        name = f"s{self._next:06d}"
+        self._next += 1
+        return name
+
+    def _open(self, name: str):
+        qe = _qe()
+        directory = self.shards_dir / name
+        if (directory / "edge_config.json").exists():
+            return qe.EdgeShard.load(str(directory))
+        shutil.rmtree(directory, ignore_errors=True)
+        shard = qe.EdgeShard.create(str(directory), shard_config(self.dimensions))
+        _create_indexes(shard)
+        return shard
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        if self._compaction is not None:
+            self._compaction.join()
+        self._serve.acquire_write()
+        try:
+            for shard in self.shards.values():
+                shard.flush()
+                shard.close()
+            self.shards.clear()
+            self._closed = True
+        finally:
+            self._serve.release_write()
+
+    def flush(self) -> None:
+        with self._write_lock:
+            for shard in list(self.shards.values()):
+                shard.flush()
+
+    # --- writes ----------------------------------------------------------------------------
+
+    def replace_document(
+        self,
+        *,
+        tenant: str,
+        document_id: str,
+        source: str,
+        content_hash: str,
+        chunks: list[dict[str, str]],
+        vectors: np.ndarray,
+    ) -> tuple[int, int]:
+        """Upsert this version's chunks into the active shard, then delete every other version.
+
+        Returns (points upserted, stale points removed). Idempotent: a retry rewrites the same ids.
+        """
+        qe = _qe()
+        _require_tenant(tenant)
+        if len(chunks) != len(vectors):
+            raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
+        vectors = np.asarray(vectors, dtype=np.float32)
+        points = []
+        for i, (chunk, vector) in enumerate(zip(chunks, vectors)):
+            sparse = bm25_document_vector(chunk["text"])
+            points.append(
+                qe.Point(
+                    point_id(tenant, document_id, content_hash, i),
+                    {DENSE: vector.tolist(), KEYWORD: qe.SparseVector(sparse.indices, sparse.values)},
+                    {
+                        "tenant": tenant,
+                        "document_id": document_id,
+                        "source": source,
+                        "content_hash": content_hash,
+                        "chunk_index": i,
+                        "section": chunk.get("section", ""),
+                        "text": chunk["text"],
+                    },
+                )
+            )
+        document = [_match("tenant", tenant), _match("document_id", document_id)]
+        stale = qe.Filter(must=document, must_not=[_match("content_hash", content_hash)])
+        whole = qe.Filter(must=document)
+        with self._write_lock:
+            active = self.shards[self.active]
+            for start in range(0, len(points), _UPSERT_BATCH):
+                active.update(qe.UpdateOperation.upsert_points(points[start : start + _UPSERT_BATCH]))
+            removed = 0
+            for name, shard in self.shards.items():
+                removed += shard.count(qe.CountRequest(exact=True, filter=stale))
+            active.update(qe.UpdateOperation.delete_points_by_filter(stale))
+            self._delete_from_sealed(whole, tenant, document_id)
+            rolled = self.shards[self.active].info().points_count >= self.seal_at_points
+        if rolled and self._compaction is None:
+            self.compact(wait=False)
+        return len(points), removed
+
+    def _delete_from_sealed(self, selector, tenant: str, document_id: str) -> None:
+        qe = _qe()
+        # The current version lives in the active shard; sealed shards must not keep any copy.
+        for name in self.sealed:
+            shard = self.shards[name]
+            if shard.count(qe.CountRequest(exact=True, filter=selector)):
+                shard.update(qe.UpdateOperation.delete_points_by_filter(selector))
+        if self._journal is not None:
+            self._journal.append((tenant, document_id))
+
+    def delete_document(self, tenant: str, document_id: str) -> None:
+        qe = _qe()
+        _require_tenant(tenant)
+        whole = qe.Filter(must=[_match("tenant", tenant), _match("document_id", document_id)])
+        with self._write_lock:
+            self.shards[self.active].update(qe.UpdateOperation.delete_points_by_filter(whole))
+            self._delete_from_sealed(whole, tenant, document_id)
+
+    # --- reads -----------------------------------------------------------------------------
+
+    def search(
+        self,
+        tenant: str,
+        query: str,
+        query_vector: np.ndarray,
+        *,
+        top_k: int = 5,
+        prefetch_k: int = 40,
+        filters: dict[str, Any] | None = None,
+    ) -> list[SearchHit]:
+        """Dense and BM25 candidates from every shard, fused with RRF, inside one tenant."""
+        _require_tenant(tenant)
+        return self._search(tenant, query, query_vector, top_k=top_k, prefetch_k=prefetch_k, filters=filters)
+
+    def _search(
+        self,
+        tenant: str | None,
+        query: str,
+        query_vector: np.ndarray | None,
+        *,
+        top_k: int,
+        prefetch_k: int,
+        filters: dict[str, Any] | None = None,
+        keyword: bool = True,
+    ) -> list[SearchHit]:
+        """``tenant=None`` / ``query_vector=None`` / ``keyword=False`` exist for benchmarks only."""
+        qe = _qe()
+        conditions = [_match("tenant", tenant)] if tenant else []
+        for key, value in (filters or {}).items():
+            conditions.append(_match(key, value))
+        flt = qe.Filter(must=conditions) if conditions else None
+        requests = []
+        if query_vector is not None:
+            vec = np.asarray(query_vector, dtype=np.float32)
+            requests.append(qe.QueryRequest(limit=prefetch_k, query=qe.Query.Nearest(vec.tolist(), using=DENSE), filter=flt))
+        terms = bm25_query_vector(query) if keyword else None
+        if terms is not None and terms.indices:
+            sparse = qe.SparseVector(terms.indices, terms.values)
+            requests.append(qe.QueryRequest(limit=prefetch_k, query=qe.Query.Nearest(sparse, using=KEYWORD), filter=flt))
+        if not requests:
+            return []
+        batch = qe.QueryBatchRequest(requests)
+
+        self._serve.acquire_read()
+        try:
+            lists: list[list[tuple[float, Any, str]]] = [[] for _ in requests]
+            for name, shard in list(self.shards.items()):
+                for i, result in enumerate(shard.query_batch(batch)):
+                    lists[i].extend((p.score, p.id, name) for p in result)
+            fused: dict[Any, float] = {}
+            home: dict[Any, str] = {}
+            for ranked in lists:
+                ranked.sort(key=lambda r: -r[0])
+                seen = set()
+                rank = 0
+                for score, pid, name in ranked:
+                    if pid in seen:  # a point briefly in two shards while being moved
+                        continue
+                    seen.add(pid)
+                    fused[pid] = fused.get(pid, 0.0) + 1.0 / (RRF_K + rank)
+                    home.setdefault(pid, name)
+                    rank += 1
+                    if rank >= prefetch_k:
+                        break
+            best = sorted(fused, key=lambda pid: -fused[pid])[:top_k]
+            by_shard: dict[str, list] = {}
+            for pid in best:
+                by_shard.setdefault(home[pid], []).append(pid)
+            records = {}
+            for name, ids in by_shard.items():
+                for record in self.shards[name].retrieve(ids, with_payload=True, with_vector=[DENSE]):
+                    records[record.id] = record
+        finally:
+            self._serve.release_read()
+
+        hits = []
+        q = np.asarray(query_vector, dtype=np.float32) if query_vector is not None else None
+        for pid in best:
+            record = records.get(pid)
+            if record is None:  # deleted between the query and the fetch
+                continue
+            p = record.payload
+            cosine = 0.0
+            if q is not None:
+                dense = np.asarray(record.vector[DENSE], dtype=np.float32)
+                cosine = float(dense @ q / (np.linalg.norm(dense) * np.linalg.norm(q) or 1.0))
+            hits.append(SearchHit(str(pid), p["document_id"], p["source"], p["text"], cosine, fused[pid]))
+        return hits
+
+    def stats(self, tenant: str) -> dict[str, int]:
+        qe = _qe()
+        _require_tenant(tenant)
+        in_tenant = _match("tenant", tenant)
+        chunks = documents = 0
+        self._serve.acquire_read()
+        try:
+            for shard in self.shards.values():
+                chunks += shard.count(qe.CountRequest(exact=True, filter=qe.Filter(must=[in_tenant])))
+                first = qe.Filter(must=[in_tenant, _match("chunk_index", 0)])
+                documents += shard.count(qe.CountRequest(exact=True, filter=first))
+        finally:
+            self._serve.release_read()
+        return {"documents": documents, "chunks": chunks}
+
+    def info(self) -> dict[str, Any]:
+        out = {}
+        for name, shard in self.shards.items():
+            i = shard.info()
+            out[name] = {
+                "role": "active" if name == self.active else "sealed",
+                "points": i.points_count,
+                "segments": i.segments_count,
+                "indexed_vectors": i.indexed_vectors_count,
+            }
+        return out
+
+    # --- maintenance -----------------------------------------------------------------------
+
+    def compact(self, *, merge: bool | None = None, wait: bool = True) -> dict[str, Any] | None:
+        """Seal the active shard and build an HNSW-optimized replacement out of process.
+
+        ``merge``: also fold every other sealed shard into the build (one big shard, the full
+        HNSW rebuild); default: only when more than 3 sealed shards would remain.
+        Queries are served from the old shards until the swap.
+        """
+        with self._write_lock:
+            if self._compaction is not None:
+                if wait:
+                    self._compaction.join()
+                return self.last_compaction
+            if self.shards[self.active].info().points_count == 0 and not merge:
+                return None
+            self.shards[self.active].flush()
+            fresh = self._new_name()
+            self.shards[fresh] = self._open(fresh)
+            self.sealed.append(self.active)
+            self.active = fresh
+            self._write_manifest()
+            if merge is None:
+                merge = len(self.sealed) > 3
+            inputs = list(self.sealed) if merge else [self.sealed[-1]]
+            self._journal = []
+            self._compaction = threading.Thread(target=self._build, args=(inputs,), daemon=True)
+            self._compaction.start()
+        if wait:
+            self._compaction.join()
+            return self.last_compaction
+        return None
+
+    def _build(self, inputs: list[str]) -> None:
+        timing: dict[str, Any] = {"inputs": inputs}
+        t0 = time.perf_counter()
+        target = None
+        try:
+            with self._write_lock:  # writes pause while the inputs are copied; queries don't
+                target = self._new_name()
+                self._write_manifest()  # persist "next" so a crash never reuses the name
+                sizes = {n: self.shards[n].info().points_count for n in inputs}
+                base = max(inputs, key=sizes.get)
+                copies = []
+                for name in inputs:
+                    self.shards[name].flush()
+                    dst = self.shards_dir / (target if name == base else f"{target}.merge-{name}")
+                    _copy_shard(self.shards_dir / name, dst)
+                    if name != base:
+                        copies.append(str(dst))
+            timing["copy_s"] = round(time.perf_counter() - t0, 3)
+            t1 = time.perf_counter()
+            job = json.dumps({"target": str(self.shards_dir / target), "merge": copies})
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(_REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
+            proc = subprocess.run(
+                [sys.executable, "-c", "from retrieval.edge import _build_main; _build_main()", job],
+                env=env, capture_output=True, text=True,
+            )
+            if proc.returncode:
+                raise RuntimeError(f"shard build failed: {proc.stderr[-2000:]}")
+            timing["child"] = json.loads(proc.stdout.strip().splitlines()[-1])
+            timing["build_s"] = round(time.perf_counter() - t1, 3)
+
+            t2 = time.perf_counter()
+            built = _qe().EdgeShard.load(str(self.shards_dir / target))  # holds the GIL: the swap's stall
+            timing["load_s"] = round(time.perf_counter() - t2, 3)
+            qe = _qe()
+            with self._write_lock:
+                for tenant, document_id in self._journal or []:
+                    flt = qe.Filter(must=[_match("tenant", tenant), _match("document_id", document_id)])
+                    built.update(qe.UpdateOperation.delete_points_by_filter(flt))
+                timing["journal_replayed"] = len(self._journal or [])
+                self._journal = None
+                t3 = time.perf_counter()
+                self._serve.acquire_write()
+                try:
+                    old = {n: self.shards.pop(n) for n in inputs}
+                    position = self.sealed.index(inputs[0])
+                    self.sealed = [n for n in self.sealed if n not in inputs]
+                    self.sealed.insert(min(position, len(self.sealed)), target)
+                    self.shards[target] = built
+                    self._write_manifest()
+                finally:
+                    self._serve.release_write()
+                timing["swap_s"] = round(time.perf_counter() - t3, 4)
+            for name, shard in old.items():
+                shard.close()
+                shutil.rmtree(self.shards_dir / name, ignore_errors=True)
+            timing["points"] = built.info().points_count
+        except Exception as exc:  # the originals keep serving; the next compaction retries
+            timing["error"] = repr(exc)
+            with self._write_lock:
+                self._journal = None
+            if target:
+                for leftover in self.shards_dir.glob(f"{target}*"):
+                    shutil.rmtree(leftover, ignore_errors=True)
+        finally:
+            timing["total_s"] = round(time.perf_counter() - t0, 3)
+            self.last_compaction = timing
+            self._compaction = None
+
+
+def _copy_shard(src: Path, dst: Path) -> None:
+    """Copy a flushed shard directory, keeping preallocated mmap/WAL files sparse."""
+    try:
+        subprocess.run(["cp", "-a", "--sparse=always", str(src), str(dst)], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        shutil.rmtree(dst, ignore_errors=True)
+        shutil.copytree(src, dst)
+
+
+def _build_main() -> None:
+    """Child process: merge copies into the target copy, optimize it, flush, exit."""
+    qe = _qe()
+    job = json.loads(sys.argv[-1])
+    t0 = time.perf_counter()
+    shard = qe.EdgeShard.load(job["target"])
+    merged = 0
+    for other_dir in job["merge"]:
+        other = qe.EdgeShard.load(other_dir)
+        offset = None
+        while True:
+            records, offset = other.scroll(qe.ScrollRequest(offset=offset, limit=512, with_payload=True, with_vector=True))
+            if records:
+                shard.update(qe.UpdateOperation.upsert_points([qe.Point(r.id, r.vector, r.payload) for r in records]))
+                merged += len(records)
+            if offset is None:
+                break
+        other.close()
+        shutil.rmtree(other_dir, ignore_errors=True)
+    t1 = time.perf_counter()
+    optimized = shard.optimize()
+    t2 = time.perf_counter()
+    shard.flush()
+    info = shard.info()
+    shard.close()
+    try:
+        import resource
+
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    except Exception:  # pragma: no cover
+        peak_mb = None
+    print(json.dumps({
+        "merged_points": merged, "merge_s": round(t1 - t0, 3), "optimize_s": round(t2 - t1, 3),
+        "optimized": optimized, "segments": info.segments_count, "points": info.points_count,
+        "indexed_vectors": info.indexed_vectors_count, "peak_rss_mb": peak_mb,
+    }))

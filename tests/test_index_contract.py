@@ -1,0 +1,275 @@
+"""One contract for both chunk-index backends: qdrant-client (ChunkIndex, in memory / local
+files) and Qdrant Edge (EdgeChunkIndex, in a tmp dir). Small N, no Temporal, a few seconds."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from keel.errors import MissingTenant
+from retrieval.store import ChunkIndex
+
+DIM = 16
+BACKENDS = ["client", "edge"]
+
+try:  # property test: hypothesis when installed, a seeded random sweep otherwise
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+except ImportError:  # pragma: no cover
+    given = None
+
+
+def make_index(backend: str, path, *, persistent: bool = False):
+    if backend == "client":
+        return ChunkIndex(path=path if persistent else None, collection="contract", dimensions=DIM)
+    pytest.importorskip("qdrant_edge")
+    from retrieval.edge import EdgeChunkIndex
+
+    return EdgeChunkIndex(path=path, collection="contract", dimensions=DIM)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return request.param
+
+
+@pytest.fixture
+def index(backend, tmp_path):
+    idx = make_index(backend, tmp_path / "idx")
+    yield idx
+    idx.close()
+
+
+def unit(rng: np.random.Generator, n: int) -> np.ndarray:
+    v = rng.standard_normal((n, DIM)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def put(idx, tenant, doc, texts, rng, content_hash="h1", vectors=None):
+    chunks = [{"text": t, "section": f"s{i}"} for i, t in enumerate(texts)]
+    vecs = unit(rng, len(texts)) if vectors is None else vectors
+    return idx.replace_document(
+        tenant=tenant, document_id=doc, source=f"{doc}.md", content_hash=content_hash, chunks=chunks, vectors=vecs
+    )
+
+
+def test_idempotent_reupsert(index):
+    rng = np.random.default_rng(1)
+    vecs = unit(rng, 3)
+    texts = ["alpha beta gamma", "delta epsilon", "zeta eta theta"]
+    assert put(index, "acme", "d1", texts, rng, vectors=vecs) == (3, 0)
+    assert put(index, "acme", "d1", texts, rng, vectors=vecs) == (3, 0)
+    assert index.stats("acme") == {"documents": 1, "chunks": 3}
+    hits = index.search("acme", "delta epsilon", vecs[1], top_k=10)
+    assert len(hits) == 3 and len({h.chunk_id for h in hits}) == 3
+
+
+def test_replace_removes_stale_version_from_dense_and_keyword(index):
+    rng = np.random.default_rng(2)
+    old_vecs = unit(rng, 2)
+    put(index, "acme", "doc", ["obsolete quokka paragraph", "second old chunk"], rng, "v1", old_vecs)
+    new_vecs = unit(rng, 1)
+    assert put(index, "acme", "doc", ["fresh wombat paragraph"], rng, "v2", new_vecs) == (1, 2)
+    assert index.stats("acme") == {"documents": 1, "chunks": 1}
+    # keyword side: the old version's unique word finds nothing of the old version
+    hits = index.search("acme", "quokka", old_vecs[0], top_k=10)
+    assert all("quokka" not in h.text for h in hits)
+    # dense side: the old version's exact vector does not bring the old chunk back
+    assert [h.text for h in hits] == ["fresh wombat paragraph"]
+    assert index.search("acme", "wombat", new_vecs[0], top_k=1)[0].text == "fresh wombat paragraph"
+
+
+def test_delete_document(index):
+    rng = np.random.default_rng(3)
+    put(index, "acme", "a", ["keep this aardvark"], rng)
+    put(index, "acme", "b", ["drop this badger", "and this one"], rng)
+    index.delete_document("acme", "b")
+    assert index.stats("acme") == {"documents": 1, "chunks": 1}
+    hits = index.search("acme", "badger", unit(rng, 1)[0], top_k=10)
+    assert [h.document_id for h in hits] == ["a"]
+
+
+def test_stats_per_tenant(index):
+    rng = np.random.default_rng(4)
+    put(index, "t1", "a", ["one", "two", "three"], rng)
+    put(index, "t1", "b", ["four"], rng)
+    put(index, "t2", "a", ["five", "six"], rng)
+    assert index.stats("t1") == {"documents": 2, "chunks": 4}
+    assert index.stats("t2") == {"documents": 1, "chunks": 2}
+    assert index.stats("nobody") == {"documents": 0, "chunks": 0}
+
+
+@pytest.mark.parametrize("tenant", ["", "   "])
+def test_tenant_required(index, tenant):
+    rng = np.random.default_rng(5)
+    with pytest.raises(MissingTenant):
+        index.search(tenant, "anything", unit(rng, 1)[0])
+    with pytest.raises(MissingTenant):
+        put(index, tenant, "d", ["text"], rng)
+    with pytest.raises(MissingTenant):
+        index.delete_document(tenant, "d")
+    with pytest.raises(MissingTenant):
+        index.stats(tenant)
+
+
+def test_keyword_only_match_ranks_first(index):
+    rng = np.random.default_rng(6)
+    query_vec = unit(rng, 1)[0]
+    # ten chunks that are dense-close to the query, one that only matches the keyword
+    near = query_vec + 0.05 * unit(rng, 10)
+    near /= np.linalg.norm(near, axis=1, keepdims=True)
+    put(index, "acme", "near", [f"generic filler text number {i}" for i in range(10)], rng, vectors=near)
+    far = -query_vec[None, :]
+    put(index, "acme", "kw", ["the xylophone calibration procedure"], rng, vectors=far)
+    hits = index.search("acme", "xylophone", query_vec, top_k=3)
+    assert hits[0].document_id == "kw"
+    assert hits[0].fused_score >= hits[1].fused_score
+    assert hits[0].score == pytest.approx(-1.0, abs=1e-4)  # score is the cosine
+
+
+def test_reopen_keeps_data(backend, tmp_path):
+    rng = np.random.default_rng(7)
+    vecs = unit(rng, 2)
+    idx = make_index(backend, tmp_path / "p", persistent=True)
+    put(idx, "acme", "d", ["persisted pangolin", "second"], rng, vectors=vecs)
+    put(idx, "acme", "gone", ["deleted"], rng)
+    idx.delete_document("acme", "gone")
+    idx.close()
+    idx = make_index(backend, tmp_path / "p", persistent=True)
+    try:
+        assert idx.stats("acme") == {"documents": 1, "chunks": 2}
+        assert idx.search("acme", "pangolin", vecs[0], top_k=1)[0].text == "persisted pangolin"
+    finally:
+        idx.close()
+
+
+WORDS = "river stone lamp quartz orbit maple cedar signal copper harbor violet ember".split()
+
+
+def _check_isolation(idx, ops: list[tuple[str, str, int]], queries: list[tuple[str, str]], seed: int) -> None:
+    """Each example gets its own tenant namespace in one shared index (index creation is the
+    slow part); within it, every hit must belong to the querying tenant."""
+    rng = np.random.default_rng(seed)
+    ns = f"x{seed}-"
+    docs: dict[str, set[str]] = {}
+    for tenant, doc, n in ops:
+        texts = [f"{tenant} " + " ".join(rng.choice(WORDS, 5)) for _ in range(n)]
+        put(idx, ns + tenant, doc, texts, rng, content_hash=f"h{rng.integers(3)}")
+        docs.setdefault(tenant, set()).add(doc)
+    for tenant, words in queries:
+        for hit in idx.search(ns + tenant, f"{words} {' '.join(TENANTS)}", unit(rng, 1)[0], top_k=20, prefetch_k=50):
+            assert hit.text.split()[0] == tenant  # every chunk's text starts with its owner
+            assert hit.document_id in docs.get(tenant, set())
+
+
+TENANTS = ["t0", "t1", "t2", "t3"]
+
+
+def test_no_query_returns_another_tenants_chunk(backend, tmp_path):
+    idx = make_index(backend, tmp_path / "iso")
+    try:
+        if given is not None:
+            counter = iter(range(10_000))
+
+            @settings(max_examples=25, deadline=None, derandomize=True)
+            @given(
+                ops=st.lists(
+                    st.tuples(st.sampled_from(TENANTS), st.sampled_from(["a", "b", "c"]), st.integers(1, 4)),
+                    min_size=1, max_size=12,
+                ),
+                queries=st.lists(st.tuples(st.sampled_from(TENANTS), st.sampled_from(WORDS)), min_size=1, max_size=6),
+            )
+            def prop(ops, queries):
+                _check_isolation(idx, ops, queries, seed=next(counter))
+
+            prop()
+            return
+        for seed in range(25):
+            r = random.Random(seed)
+            ops = [(r.choice(TENANTS), r.choice("abc"), r.randint(1, 4)) for _ in range(r.randint(1, 12))]
+            queries = [(r.choice(TENANTS), r.choice(WORDS)) for _ in range(6)]
+            _check_isolation(idx, ops, queries, seed)
+    finally:
+        idx.close()
+
+
+# --- Edge-only: the tiered layout keeps the contract across maintenance -----------------------
+
+
+def test_edge_compaction_keeps_contract(tmp_path):
+    pytest.importorskip("qdrant_edge")
+    from retrieval.edge import EdgeChunkIndex
+
+    rng = np.random.default_rng(8)
+    idx = EdgeChunkIndex(path=tmp_path / "e", collection="contract", dimensions=DIM)
+    try:
+        vecs = unit(rng, 2)
+        put(idx, "acme", "old", ["sealed narwhal text", "more"], rng, "v1", vecs)
+        put(idx, "acme", "moved", ["moving okapi"], rng, "v1")
+        report = idx.compact(wait=True)
+        assert "error" not in report, report
+        assert len(idx.sealed) == 1
+        # after the swap: the same id re-upserted moves to the active shard (no duplicate)
+        put(idx, "acme", "moved", ["moving okapi"], rng, "v1")
+        # a new version replaces the sealed one
+        assert put(idx, "acme", "old", ["new narwhal text"], rng, "v2") == (1, 2)
+        assert idx.stats("acme") == {"documents": 2, "chunks": 2}
+        hits = idx.search("acme", "narwhal okapi", vecs[0], top_k=10)
+        assert sorted(h.text for h in hits) == ["moving okapi", "new narwhal text"]
+        # merge everything into one optimized shard, then reopen
+        assert "error" not in idx.compact(merge=True, wait=True)
+        assert len(idx.sealed) == 1
+    finally:
+        idx.close()
+    idx = EdgeChunkIndex(path=tmp_path / "e", collection="contract", dimensions=DIM)
+    try:
+        assert idx.stats("acme") == {"documents": 2, "chunks": 2}
+    finally:
+        idx.close()
+
+
+def test_edge_rrf_matches_engine_fusion(tmp_path):
+    """Our cross-shard RRF equals the engine's Fusion.Rrf on a single shard."""
+    qe = pytest.importorskip("qdrant_edge")
+    from retrieval.edge import EdgeChunkIndex
+    from retrieval.keyword import bm25_query_vector
+    from retrieval.store import DENSE, KEYWORD, RRF_K
+
+    rng = np.random.default_rng(9)
+    idx = EdgeChunkIndex(path=tmp_path / "f", collection="contract", dimensions=DIM)
+    try:
+        for d in range(6):
+            put(idx, "acme", f"d{d}", [" ".join(rng.choice(WORDS, 6)) for _ in range(5)], rng)
+        q = unit(rng, 1)[0]
+        ours = idx.search("acme", "river quartz", q, top_k=8, prefetch_k=10)
+        terms = bm25_query_vector("river quartz")
+        flt = qe.Filter(must=[qe.FieldCondition(key="tenant", match=qe.MatchValue("acme"))])
+        engine = idx.shards[idx.active].query(qe.QueryRequest(
+            limit=8, query=qe.Fusion.Rrf(k=RRF_K), filter=flt,
+            prefetches=[
+                qe.Prefetch(limit=10, query=qe.Query.Nearest(q.tolist(), using=DENSE), filter=flt),
+                qe.Prefetch(limit=10, query=qe.Query.Nearest(qe.SparseVector(terms.indices, terms.values), using=KEYWORD), filter=flt),
+            ],
+        ))
+        assert [h.fused_score for h in ours] == pytest.approx([p.score for p in engine], rel=1e-5)
+    finally:
+        idx.close()
+
+
+def test_edge_metadata_filters(tmp_path):
+    pytest.importorskip("qdrant_edge")
+    from retrieval.edge import EdgeChunkIndex
+
+    rng = np.random.default_rng(10)
+    idx = EdgeChunkIndex(path=tmp_path / "m", collection="contract", dimensions=DIM)
+    try:
+        put(idx, "acme", "a", ["shared lemur words"], rng)
+        put(idx, "acme", "b", ["shared lemur words"], rng)
+        hits = idx.search("acme", "lemur", unit(rng, 1)[0], top_k=5, filters={"document_id": "b"})
+        assert [h.document_id for h in hits] == ["b"]
+        hits = idx.search("acme", "lemur", unit(rng, 1)[0], top_k=5, filters={"source": "a.md"})
+        assert [h.document_id for h in hits] == ["a"]
+    finally:
+        idx.close()
