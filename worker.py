@@ -23,6 +23,7 @@ configure_offline()
 from temporalio.client import Client  # noqa: E402
 from temporalio.worker import Worker  # noqa: E402
 
+from activities._runtime import runtime  # noqa: E402
 from activities.answer import ANSWER_ACTIVITIES  # noqa: E402
 from activities.index import INDEX_ACTIVITIES  # noqa: E402
 from activities.ingest import INGEST_ACTIVITIES  # noqa: E402
@@ -66,6 +67,7 @@ async def run_worker(settings: KeelSettings, *, general: bool, index: bool) -> N
     log.info("worker polling %s at %s", ", ".join(queues), settings.temporal_address)
     async with _all(workers):
         await stop.wait()
+    runtime().close()
     log.info("worker stopped")
 
 

@@ -46,13 +46,24 @@ class Runtime:
 
     @property
     def index(self):
+        return self._once("index", self._open_index)
+
+    def _open_index(self):
+        s = self.settings
+        if s.qdrant_url is None and s.embedded_engine == "edge":
+            from retrieval.edge import EdgeChunkIndex
+
+            return EdgeChunkIndex(path=s.index_path, collection=s.collection)
         from retrieval.store import ChunkIndex
 
-        s = self.settings
-        return self._once(
-            "index",
-            lambda: ChunkIndex(path=s.qdrant_path, url=s.qdrant_url, api_key=s.qdrant_api_key, collection=s.collection),
-        )
+        return ChunkIndex(path=s.index_path, url=s.qdrant_url, api_key=s.qdrant_api_key, collection=s.collection)
+
+    def close(self) -> None:
+        """Close what was opened (the embedded store flushes and releases its lock)."""
+        with self._lock:
+            index = self._built.pop("index", None)
+        if index is not None:
+            index.close()
 
 
 _runtime: Runtime | None = None

@@ -44,8 +44,11 @@ class KeelSettings(BaseSettings):
     # polls this queue; with a Qdrant server every worker does.
     index_task_queue: str = "keel-index"
 
-    # Qdrant: a URL selects the server backend, otherwise an embedded store under data_dir.
+    # Qdrant: a URL selects the server backend (qdrant-client); otherwise an embedded store under
+    # data_dir: Qdrant's own engine in-process ("edge", qdrant-edge-py) or qdrant-client's local
+    # mode ("qdrant-local": a pure-Python store, fine for tests, slow past ~10k chunks).
     qdrant_url: str | None = None
+    embedded_engine: Literal["edge", "qdrant-local"] = "edge"
     qdrant_api_key: str | None = None
     collection: str = "keel_chunks"
 
@@ -116,8 +119,8 @@ class KeelSettings(BaseSettings):
         return self.data_dir / "blobs"
 
     @property
-    def qdrant_path(self) -> Path:
-        return self.data_dir / "qdrant"
+    def index_path(self) -> Path:
+        return self.data_dir / ("edge" if self.embedded_engine == "edge" else "qdrant")
 
     def ingest_input(self, tenant: str, paths: list[str]) -> IngestCorpusInput:
         return IngestCorpusInput(

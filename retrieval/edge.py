@@ -390,6 +390,31 @@ class EdgeChunkIndex:
             hits.append(SearchHit(str(pid), p["document_id"], p["source"], p["text"], cosine, fused[pid]))
         return hits
 
+    def indexed_versions(self, tenant: str, document_ids: list[str]) -> dict[str, str]:
+        """The content hash of the indexed version of each of ``document_ids`` that is indexed."""
+        qe = _qe()
+        _require_tenant(tenant)
+        if not document_ids:
+            return {}
+        first_chunks = qe.Filter(
+            must=[
+                _match("tenant", tenant),
+                qe.FieldCondition(key="document_id", match=qe.MatchAny(list(document_ids))),
+                _match("chunk_index", 0),
+            ]
+        )
+        found: dict[str, str] = {}
+        self._serve.acquire_read()
+        try:
+            for shard in self.shards.values():
+                records, _ = shard.scroll(
+                    qe.ScrollRequest(limit=len(document_ids), filter=first_chunks, with_payload=True)
+                )
+                found.update({r.payload["document_id"]: r.payload["content_hash"] for r in records})
+        finally:
+            self._serve.release_read()
+        return found
+
     def stats(self, tenant: str) -> dict[str, int]:
         qe = _qe()
         _require_tenant(tenant)

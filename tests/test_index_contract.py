@@ -91,6 +91,17 @@ def test_delete_document(index):
     assert [h.document_id for h in hits] == ["a"]
 
 
+def test_indexed_versions_reports_the_current_version_per_tenant(index):
+    rng = np.random.default_rng(5)
+    put(index, "t1", "a", ["first version"], rng, "v1")
+    put(index, "t1", "a", ["second version", "longer"], rng, "v2")
+    put(index, "t1", "b", ["other"], rng, "vb")
+    put(index, "t2", "a", ["other tenant"], rng, "x")
+    assert index.indexed_versions("t1", ["a", "b", "missing"]) == {"a": "v2", "b": "vb"}
+    assert index.indexed_versions("t2", ["a", "b"]) == {"a": "x"}
+    assert index.indexed_versions("t1", []) == {}
+
+
 def test_stats_per_tenant(index):
     rng = np.random.default_rng(4)
     put(index, "t1", "a", ["one", "two", "three"], rng)
