@@ -5,6 +5,13 @@ queries get weight 1 per distinct term. The collection's sparse vector uses Qdra
 modifier, so Qdrant multiplies in the IDF computed over the live collection: the keyword index
 is persistent, shared by every reader, updated incrementally and filtered like the dense side.
 
+Tokens: lowercase ``[a-z0-9]+`` runs, English stop words dropped, then Snowball (Porter 2)
+stemming so "proteins"/"protein" and "regulates"/"regulation" meet. On SciFact *train* stemming
+lifts BM25 nDCG@10 from 0.663 to 0.698 (``bench/retrieval_quality.py``). Changing the tokenizer
+changes every term id: an index built with another tokenizer must be rebuilt.
+
+>>> tokenize("Proteins regulating the cells' regulation")
+['protein', 'regul', 'cell', 'regul']
 >>> doc = bm25_document_vector("The lantern lights the lantern room")
 >>> sorted(zip(doc.indices, doc.values))[0][1] > 0
 True
@@ -13,6 +20,7 @@ True
 from __future__ import annotations
 
 import re
+import threading
 import zlib
 from collections import Counter
 from dataclasses import dataclass
@@ -27,6 +35,8 @@ STOP_WORDS = frozenset(
     does did do can you your""".split()
 )
 _WORD = re.compile(r"[a-z0-9]+")
+STEMMER = "english"  # Snowball English (Porter 2), via PyStemmer
+_local = threading.local()  # PyStemmer objects are not thread-safe; activities run in threads
 
 
 @dataclass(frozen=True)
@@ -36,7 +46,16 @@ class SparseTerms:
 
 
 def tokenize(text: str) -> list[str]:
-    return [t for t in _WORD.findall(text.lower()) if t not in STOP_WORDS]
+    return _stemmer().stemWords([t for t in _WORD.findall(text.lower()) if t not in STOP_WORDS])
+
+
+def _stemmer():
+    stemmer = getattr(_local, "stemmer", None)
+    if stemmer is None:
+        import Stemmer  # PyStemmer
+
+        stemmer = _local.stemmer = Stemmer.Stemmer(STEMMER)
+    return stemmer
 
 
 def term_id(term: str) -> int:

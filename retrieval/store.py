@@ -19,7 +19,12 @@ from retrieval.keyword import SparseTerms, bm25_document_vector, bm25_query_vect
 
 DENSE = "dense"
 KEYWORD = "bm25"
-RRF_K = 60
+# Fusion: plain reciprocal rank fusion, Qdrant's ``Rrf(k=RRF_K)``: each prefetch list (dense and
+# BM25, ``prefetch_k`` chunks each) gives its chunk at 0-based position p the score 1/(RRF_K + p),
+# summed. k=20 rather than the classic 60 (tuned for fusing many TREC runs): with two lists and a
+# top_k of a few chunks it lets each list's first hits lead. SciFact train nDCG@10: k=60 0.715,
+# k=20 0.719, k=10 0.723, with stemmed BM25 and prefetch_k=40.
+RRF_K = 20
 _NAMESPACE = uuid.UUID("6f1f6f5e-4b1c-4a36-9a55-6b8f6e0b2c11")
 
 
