@@ -52,8 +52,8 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.keyword import bm25_document_vector, bm25_query_vector
-from retrieval.store import DENSE, KEYWORD, RRF_K, SearchHit, _require_tenant, point_id
+from retrieval.keyword import bm25_query_vector
+from retrieval.store import DENSE, KEYWORD, RRF_K, SearchHit, _require_tenant, chunk_records
 
 _UPSERT_BATCH = 64  # one update() call holds the GIL: keep it short so queries interleave
 _REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -242,28 +242,13 @@ class EdgeChunkIndex:
         Returns (points upserted, stale points removed). Idempotent: a retry rewrites the same ids.
         """
         qe = _qe()
-        _require_tenant(tenant)
-        if len(chunks) != len(vectors):
-            raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
-        vectors = np.asarray(vectors, dtype=np.float32)
-        points = []
-        for i, (chunk, vector) in enumerate(zip(chunks, vectors)):
-            sparse = bm25_document_vector(chunk["text"])
-            points.append(
-                qe.Point(
-                    point_id(tenant, document_id, content_hash, i),
-                    {DENSE: vector.tolist(), KEYWORD: qe.SparseVector(sparse.indices, sparse.values)},
-                    {
-                        "tenant": tenant,
-                        "document_id": document_id,
-                        "source": source,
-                        "content_hash": content_hash,
-                        "chunk_index": i,
-                        "section": chunk.get("section", ""),
-                        "text": chunk["text"],
-                    },
-                )
-            )
+        records = chunk_records(
+            tenant=tenant, document_id=document_id, source=source, content_hash=content_hash, chunks=chunks, vectors=vectors
+        )
+        points = [
+            qe.Point(r.id, {DENSE: r.vector, KEYWORD: qe.SparseVector(r.keyword.indices, r.keyword.values)}, r.payload)
+            for r in records
+        ]
         document = [_match("tenant", tenant), _match("document_id", document_id)]
         stale = qe.Filter(must=document, must_not=[_match("content_hash", content_hash)])
         whole = qe.Filter(must=document)

@@ -42,6 +42,41 @@ def point_id(tenant: str, document_id: str, content_hash: str, chunk_index: int)
     return str(uuid.uuid5(_NAMESPACE, f"{tenant}\x1f{document_id}\x1f{content_hash}\x1f{chunk_index}"))
 
 
+@dataclass
+class ChunkRecord:
+    """One chunk as every backend stores it: id, dense vector, BM25 terms, payload."""
+
+    id: str
+    vector: list[float]
+    keyword: SparseTerms
+    payload: dict
+
+
+def chunk_records(
+    *, tenant: str, document_id: str, source: str, content_hash: str, chunks: list[dict[str, str]], vectors: np.ndarray
+) -> list[ChunkRecord]:
+    _require_tenant(tenant)
+    if len(chunks) != len(vectors):
+        raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
+    return [
+        ChunkRecord(
+            id=point_id(tenant, document_id, content_hash, i),
+            vector=np.asarray(vector, dtype=np.float32).tolist(),
+            keyword=bm25_document_vector(chunk["text"]),
+            payload={
+                "tenant": tenant,
+                "document_id": document_id,
+                "source": source,
+                "content_hash": content_hash,
+                "chunk_index": i,
+                "section": chunk.get("section", ""),
+                "text": chunk["text"],
+            },
+        )
+        for i, (chunk, vector) in enumerate(zip(chunks, vectors))
+    ]
+
+
 class ChunkIndex:
     """Hybrid chunk index on Qdrant.
 
@@ -109,27 +144,13 @@ class ChunkIndex:
         """
         from qdrant_client import models
 
-        _require_tenant(tenant)
-        if len(chunks) != len(vectors):
-            raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
-        points = []
-        for i, (chunk, vector) in enumerate(zip(chunks, vectors)):
-            sparse = bm25_document_vector(chunk["text"])
-            points.append(
-                models.PointStruct(
-                    id=point_id(tenant, document_id, content_hash, i),
-                    vector={DENSE: vector.tolist(), KEYWORD: _sparse(sparse)},
-                    payload={
-                        "tenant": tenant,
-                        "document_id": document_id,
-                        "source": source,
-                        "content_hash": content_hash,
-                        "chunk_index": i,
-                        "section": chunk.get("section", ""),
-                        "text": chunk["text"],
-                    },
-                )
-            )
+        records = chunk_records(
+            tenant=tenant, document_id=document_id, source=source, content_hash=content_hash, chunks=chunks, vectors=vectors
+        )
+        points = [
+            models.PointStruct(id=r.id, vector={DENSE: r.vector, KEYWORD: _sparse(r.keyword)}, payload=r.payload)
+            for r in records
+        ]
         for start in range(0, len(points), 256):
             self.client.upsert(self.collection, points=points[start : start + 256], wait=True)
 
