@@ -174,12 +174,24 @@ class ChunkIndex:
 
     # --- reads ---------------------------------------------------------------------------
 
-    def search(self, tenant: str, query: str, query_vector: np.ndarray, *, top_k: int = 5, prefetch_k: int = 40) -> list[SearchHit]:
-        """Dense and BM25 candidates fused with reciprocal rank fusion, inside one tenant."""
+    def search(
+        self,
+        tenant: str,
+        query: str,
+        query_vector: np.ndarray,
+        *,
+        top_k: int = 5,
+        prefetch_k: int = 40,
+        filters: dict[str, str] | None = None,
+    ) -> list[SearchHit]:
+        """Dense and BM25 candidates fused with reciprocal rank fusion, inside one tenant and
+        matching every ``filters`` payload field exactly (e.g. ``{"source": ...}``)."""
         from qdrant_client import models
 
         _require_tenant(tenant)
-        tenant_filter = models.Filter(must=[_match("tenant", tenant)])
+        tenant_filter = models.Filter(
+            must=[_match("tenant", tenant)] + [_match(k, v) for k, v in (filters or {}).items()]
+        )
         prefetch = [models.Prefetch(query=query_vector.tolist(), using=DENSE, limit=prefetch_k, filter=tenant_filter)]
         keyword = bm25_query_vector(query)
         if keyword.indices:

@@ -269,18 +269,11 @@ def test_edge_rrf_matches_engine_fusion(tmp_path):
         idx.close()
 
 
-def test_edge_metadata_filters(tmp_path):
-    pytest.importorskip("qdrant_edge")
-    from retrieval.edge import EdgeChunkIndex
-
+def test_metadata_filters_narrow_the_search(index):
     rng = np.random.default_rng(10)
-    idx = EdgeChunkIndex(path=tmp_path / "m", collection="contract", dimensions=DIM)
-    try:
-        put(idx, "acme", "a", ["shared lemur words"], rng)
-        put(idx, "acme", "b", ["shared lemur words"], rng)
-        hits = idx.search("acme", "lemur", unit(rng, 1)[0], top_k=5, filters={"document_id": "b"})
-        assert [h.document_id for h in hits] == ["b"]
-        hits = idx.search("acme", "lemur", unit(rng, 1)[0], top_k=5, filters={"source": "a.md"})
-        assert [h.document_id for h in hits] == ["a"]
-    finally:
-        idx.close()
+    put(index, "acme", "a", ["shared lemur words"], rng)
+    put(index, "acme", "b", ["shared lemur words"], rng)
+    hits = index.search("acme", "lemur", unit(rng, 1)[0], top_k=5, filters={"document_id": "b"})
+    assert [h.document_id for h in hits] == ["b"]
+    hits = index.search("acme", "lemur", unit(rng, 1)[0], top_k=5, filters={"source": "a.md"})
+    assert [h.document_id for h in hits] == ["a"]
