@@ -13,6 +13,7 @@ with :func:`to_application_error`, and the workflows' retry policies list
     │   ├── CorruptDocument
     │   └── DocumentTooLarge
     ├── MissingTenant          (non-retryable)
+    ├── InvalidFilter          (non-retryable: malformed date, empty range)
     └── LLMError
         ├── LLMRequestRejected (non-retryable: 400/401/403/404/422)
         ├── LLMRateLimited     (retryable, honours Retry-After)
@@ -63,6 +64,12 @@ class DocumentTooLarge(BadDocument):
 
 
 class MissingTenant(KeelError):
+    retryable = False
+
+
+class InvalidFilter(KeelError):
+    """A search filter that cannot mean anything (a malformed date, an empty range)."""
+
     retryable = False
 
 

@@ -8,13 +8,14 @@ upsert retried after a crash writes the same points again instead of duplicating
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from keel.errors import MissingTenant
+from keel.errors import InvalidFilter, MissingTenant
 from retrieval.keyword import SparseTerms, bm25_document_vector, bm25_query_vector
 
 DENSE = "dense"
@@ -25,6 +26,9 @@ KEYWORD = "bm25"
 # top_k of a few chunks it lets each list's first hits lead. SciFact train nDCG@10: k=60 0.715,
 # k=20 0.719, k=10 0.723, with stemmed BM25 and prefetch_k=40.
 RRF_K = 20
+# Payload indexes besides the tenant (both backends): what deletes, version checks and filters use.
+KEYWORD_FIELDS = ("document_id", "content_hash", "source", "tags")
+INTEGER_FIELDS = ("chunk_index", "date_ts")
 _NAMESPACE = uuid.UUID("6f1f6f5e-4b1c-4a36-9a55-6b8f6e0b2c11")
 
 
@@ -36,6 +40,48 @@ class SearchHit:
     text: str
     score: float  # cosine(query, chunk)
     fused_score: float
+
+
+@dataclass(frozen=True)
+class SearchFilters:
+    """Optional narrowing of a search, on top of the mandatory tenant filter.
+
+    ``tags`` matches a chunk whose document has any of them; ``date_from``/``date_to`` are ISO
+    dates (``YYYY-MM-DD``), both inclusive, on the document's date (documents without a date
+    never match a date range).
+    """
+
+    source: str | None = None
+    document_id: str | None = None
+    tags: tuple[str, ...] = ()
+    date_from: str | None = None
+    date_to: str | None = None
+
+    def conditions(self) -> list[tuple]:
+        """Backend-neutral conditions: ("match", key, value), ("any", key, values), ("range", key, gte, lte)."""
+        out: list[tuple] = []
+        if self.source:
+            out.append(("match", "source", self.source))
+        if self.document_id:
+            out.append(("match", "document_id", self.document_id))
+        if self.tags:
+            out.append(("any", "tags", list(self.tags)))
+        if self.date_from or self.date_to:
+            lo = date_ts(self.date_from) if self.date_from else None
+            hi = date_ts(self.date_to) if self.date_to else None
+            if lo is not None and hi is not None and lo > hi:
+                raise InvalidFilter(f"date_from {self.date_from} is after date_to {self.date_to}")
+            out.append(("range", "date_ts", lo, hi))
+        return out
+
+
+def date_ts(value: str) -> int:
+    """An ISO date as the UTC midnight timestamp stored in the ``date_ts`` payload field."""
+    try:
+        day = dt.date.fromisoformat(str(value)[:10])
+    except ValueError:
+        raise InvalidFilter(f"not an ISO date (YYYY-MM-DD): {value!r}") from None
+    return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp())
 
 
 def point_id(tenant: str, document_id: str, content_hash: str, chunk_index: int) -> str:
@@ -53,11 +99,22 @@ class ChunkRecord:
 
 
 def chunk_records(
-    *, tenant: str, document_id: str, source: str, content_hash: str, chunks: list[dict[str, str]], vectors: np.ndarray
+    *,
+    tenant: str,
+    document_id: str,
+    source: str,
+    content_hash: str,
+    chunks: list[dict[str, str]],
+    vectors: np.ndarray,
+    tags: list[str] | tuple[str, ...] = (),
+    date: str | None = None,
 ) -> list[ChunkRecord]:
     _require_tenant(tenant)
     if len(chunks) != len(vectors):
         raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
+    metadata: dict = {"tags": sorted(set(tags))}
+    if date:
+        metadata.update(date=str(date)[:10], date_ts=date_ts(date))
     return [
         ChunkRecord(
             id=point_id(tenant, document_id, content_hash, i),
@@ -71,6 +128,7 @@ def chunk_records(
                 "chunk_index": i,
                 "section": chunk.get("section", ""),
                 "text": chunk["text"],
+                **metadata,
             },
         )
         for i, (chunk, vector) in enumerate(zip(chunks, vectors))
@@ -119,9 +177,13 @@ class ChunkIndex:
         )
         if self.is_local:
             return  # payload indexes exist only on a server; local mode scans
-        for field_name in ("tenant", "document_id", "content_hash"):
+        self.client.create_payload_index(
+            self.collection, "tenant", models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True)
+        )
+        for field_name in KEYWORD_FIELDS:
             self.client.create_payload_index(self.collection, field_name, models.PayloadSchemaType.KEYWORD)
-        self.client.create_payload_index(self.collection, "chunk_index", models.PayloadSchemaType.INTEGER)
+        for field_name in INTEGER_FIELDS:
+            self.client.create_payload_index(self.collection, field_name, models.PayloadSchemaType.INTEGER)
 
     def close(self) -> None:
         self.client.close()
@@ -137,15 +199,19 @@ class ChunkIndex:
         content_hash: str,
         chunks: list[dict[str, str]],
         vectors: np.ndarray,
+        tags: list[str] | tuple[str, ...] = (),
+        date: str | None = None,
     ) -> tuple[int, int]:
         """Upsert this version's chunks, then delete chunks of any other version of the document.
 
-        Returns (points upserted, stale points removed). Idempotent: a retry rewrites the same ids.
+        ``content_hash`` names the version (bytes and metadata). Returns (points upserted, stale
+        points removed). Idempotent: a retry rewrites the same ids.
         """
         from qdrant_client import models
 
         records = chunk_records(
-            tenant=tenant, document_id=document_id, source=source, content_hash=content_hash, chunks=chunks, vectors=vectors
+            tenant=tenant, document_id=document_id, source=source, content_hash=content_hash, chunks=chunks,
+            vectors=vectors, tags=tags, date=date,
         )
         points = [
             models.PointStruct(id=r.id, vector={DENSE: r.vector, KEYWORD: _sparse(r.keyword)}, payload=r.payload)
@@ -182,16 +248,14 @@ class ChunkIndex:
         *,
         top_k: int = 5,
         prefetch_k: int = 40,
-        filters: dict[str, str] | None = None,
+        filters: SearchFilters | None = None,
     ) -> list[SearchHit]:
         """Dense and BM25 candidates fused with reciprocal rank fusion, inside one tenant and
-        matching every ``filters`` payload field exactly (e.g. ``{"source": ...}``)."""
+        narrowed by ``filters``."""
         from qdrant_client import models
 
         _require_tenant(tenant)
-        tenant_filter = models.Filter(
-            must=[_match("tenant", tenant)] + [_match(k, v) for k, v in (filters or {}).items()]
-        )
+        tenant_filter = models.Filter(must=[_match("tenant", tenant)] + _client_conditions(filters))
         prefetch = [models.Prefetch(query=query_vector.tolist(), using=DENSE, limit=prefetch_k, filter=tenant_filter)]
         keyword = bm25_query_vector(query)
         if keyword.indices:
@@ -247,6 +311,20 @@ class ChunkIndex:
 def _require_tenant(tenant: str) -> None:
     if not tenant or not tenant.strip():
         raise MissingTenant("a tenant is required for every index read and write")
+
+
+def _client_conditions(filters: SearchFilters | None) -> list:
+    from qdrant_client import models
+
+    out = []
+    for kind, key, *args in (filters or SearchFilters()).conditions():
+        if kind == "match":
+            out.append(_match(key, args[0]))
+        elif kind == "any":
+            out.append(models.FieldCondition(key=key, match=models.MatchAny(any=args[0])))
+        else:
+            out.append(models.FieldCondition(key=key, range=models.Range(gte=args[0], lte=args[1])))
+    return out
 
 
 def _match(key: str, value: str):

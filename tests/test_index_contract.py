@@ -8,8 +8,8 @@ import random
 import numpy as np
 import pytest
 
-from keel.errors import MissingTenant
-from retrieval.store import ChunkIndex
+from keel.errors import InvalidFilter, MissingTenant
+from retrieval.store import ChunkIndex, SearchFilters
 
 DIM = 16
 BACKENDS = ["client", "edge"]
@@ -47,11 +47,12 @@ def unit(rng: np.random.Generator, n: int) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def put(idx, tenant, doc, texts, rng, content_hash="h1", vectors=None):
+def put(idx, tenant, doc, texts, rng, content_hash="h1", vectors=None, **metadata):
     chunks = [{"text": t, "section": f"s{i}"} for i, t in enumerate(texts)]
     vecs = unit(rng, len(texts)) if vectors is None else vectors
     return idx.replace_document(
-        tenant=tenant, document_id=doc, source=f"{doc}.md", content_hash=content_hash, chunks=chunks, vectors=vecs
+        tenant=tenant, document_id=doc, source=f"{doc}.md", content_hash=content_hash, chunks=chunks, vectors=vecs,
+        **metadata,
     )
 
 
@@ -271,9 +272,36 @@ def test_edge_rrf_matches_engine_fusion(tmp_path):
 
 def test_metadata_filters_narrow_the_search(index):
     rng = np.random.default_rng(10)
-    put(index, "acme", "a", ["shared lemur words"], rng)
-    put(index, "acme", "b", ["shared lemur words"], rng)
-    hits = index.search("acme", "lemur", unit(rng, 1)[0], top_k=5, filters={"document_id": "b"})
-    assert [h.document_id for h in hits] == ["b"]
-    hits = index.search("acme", "lemur", unit(rng, 1)[0], top_k=5, filters={"source": "a.md"})
-    assert [h.document_id for h in hits] == ["a"]
+    put(index, "acme", "a", ["shared lemur words"], rng, tags=["finance", "2023"], date="2023-03-01")
+    put(index, "acme", "b", ["shared lemur words"], rng, tags=["legal"], date="2024-06-30")
+    put(index, "acme", "c", ["shared lemur words"], rng)  # no tags, no date
+    put(index, "other", "d", ["shared lemur words"], rng, tags=["finance"], date="2023-03-01")
+    q = unit(rng, 1)[0]
+
+    def docs(**kw):
+        return sorted(h.document_id for h in index.search("acme", "lemur", q, top_k=10, filters=SearchFilters(**kw)))
+
+    assert docs() == ["a", "b", "c"]
+    assert docs(document_id="b") == ["b"]
+    assert docs(source="a.md") == ["a"]
+    assert docs(tags=("finance",)) == ["a"]  # never the other tenant's "finance" document
+    assert docs(tags=("legal", "finance")) == ["a", "b"]
+    assert docs(tags=("nope",)) == []
+    assert docs(date_from="2023-01-01") == ["a", "b"]  # c has no date: outside every range
+    assert docs(date_to="2023-03-01") == ["a"]  # inclusive
+    assert docs(date_from="2023-03-02", date_to="2024-06-30") == ["b"]
+    assert docs(tags=("finance",), date_from="2024-01-01") == []
+    with pytest.raises(InvalidFilter):
+        docs(date_from="March 2023")
+    with pytest.raises(InvalidFilter):
+        docs(date_from="2024-01-02", date_to="2024-01-01")
+
+
+def test_new_version_with_new_metadata_replaces_the_old(index):
+    rng = np.random.default_rng(11)
+    put(index, "acme", "a", ["lemur text"], rng, content_hash="v1", tags=["draft"])
+    put(index, "acme", "a", ["lemur text"], rng, content_hash="v2", tags=["final"])
+    q = unit(rng, 1)[0]
+    assert index.search("acme", "lemur", q, filters=SearchFilters(tags=("draft",))) == []
+    assert [h.document_id for h in index.search("acme", "lemur", q, filters=SearchFilters(tags=("final",)))] == ["a"]
+
