@@ -37,6 +37,8 @@ def index_chunks(inp: IndexInput) -> IndexOutput:
             content_hash=inp.content_hash,
             chunks=chunks,
             vectors=vectors,
+            tags=inp.tags,
+            date=inp.date,
         )
     return IndexOutput(upserted=upserted, removed_stale=removed)
 
@@ -44,11 +46,17 @@ def index_chunks(inp: IndexInput) -> IndexOutput:
 @activity.defn
 @heartbeating
 def retrieve(inp: RetrieveInput) -> RetrieveOutput:
+    from retrieval.store import SearchFilters
+
     rt = runtime()
+    f = inp.filters
+    filters = SearchFilters(source=f.source, tags=tuple(f.tags), date_from=f.date_from, date_to=f.date_to) if f else None
     vector = rt.embedder.embed_query(inp.query)
     try:
         with rt.index_lock:
-            hits = rt.index.search(inp.tenant, inp.query, vector, top_k=inp.top_k, prefetch_k=inp.prefetch_k)
+            hits = rt.index.search(
+                inp.tenant, inp.query, vector, top_k=inp.top_k, prefetch_k=inp.prefetch_k, filters=filters
+            )
     except KeelError as e:
         raise to_application_error(e) from None
     return RetrieveOutput(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -34,6 +35,9 @@ from keel.contracts import (
 from keel.errors import KeelError, to_application_error
 
 
+META_SUFFIX = ".meta.json"
+
+
 def _expand(paths: list[str]) -> list[Path]:
     files: list[Path] = []
     for raw in paths:
@@ -41,7 +45,9 @@ def _expand(paths: list[str]) -> list[Path]:
         if path.is_dir():
             for root, dirs, names in os.walk(path):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                files.extend(Path(root) / n for n in sorted(names) if not n.startswith("."))
+                files.extend(
+                    Path(root) / n for n in sorted(names) if not n.startswith(".") and not n.endswith(META_SUFFIX)
+                )
         elif path.is_file():
             files.append(path)
         else:
@@ -59,13 +65,49 @@ def list_documents(inp: ListDocumentsInput) -> ListDocumentsOutput:
     """
     rt = runtime()
     entries = []
-    for i, path in enumerate(_expand(inp.paths)):
+    for path in _expand(inp.paths):
         data = path.read_bytes()
         entry = DocumentEntry(
             path=str(path), document_id=document_id(inp.tenant, str(path)), content_hash=rt.blobs.put(data), size=len(data)
         )
+        tags, date, entry.metadata_error = document_metadata(path, inp.tags, inp.date)
+        entry.tags, entry.date = tags, date
+        entry.version = metadata_version(entry.content_hash, tags, date)
         entries.append(asdict(entry))
     return ListDocumentsOutput(manifest_key=rt.blobs.put_json(entries), count=len(entries))
+
+
+def document_metadata(path: Path, tags: list[str], date: str | None) -> tuple[list[str], str | None, str | None]:
+    """(tags, date, error) of one document: the run's metadata plus its ``.meta.json`` sidecar
+    (``{"tags": [...], "date": "YYYY-MM-DD"}``: tags are added, the date replaces the run's)."""
+    from retrieval.store import date_ts
+
+    tags = sorted(set(tags))
+    sidecar = path.with_name(path.name + META_SUFFIX)
+    try:
+        if sidecar.is_file():
+            meta = json.loads(sidecar.read_text(encoding="utf-8"))
+            if not isinstance(meta, dict) or not set(meta) <= {"tags", "date"}:
+                raise ValueError('expected an object with only "tags" and "date"')
+            extra = meta.get("tags", [])
+            if not isinstance(extra, list) or not all(isinstance(t, str) and t for t in extra):
+                raise ValueError('"tags" must be a list of non-empty strings')
+            tags = sorted(set(tags) | set(extra))
+            date = meta.get("date", date)
+        if date is not None:
+            date_ts(date)  # raises InvalidFilter on a malformed date
+            date = str(date)[:10]
+    except (ValueError, KeelError) as e:
+        return tags, None, f"{sidecar.name}: {e}"
+    return tags, date, None
+
+
+def metadata_version(content_hash: str, tags: list[str], date: str | None) -> str:
+    """The indexed version's name: new metadata on the same bytes is a new version."""
+    if not tags and not date:
+        return content_hash
+    canonical = json.dumps({"content": content_hash, "tags": tags, "date": date}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @activity.defn

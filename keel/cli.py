@@ -2,8 +2,8 @@
 
     keel up [--workers N]      start Temporal dev server, local LLM and N workers
     keel down | keel status
-    keel ingest PATH... --tenant T [--no-wait] [--json]
-    keel ask "QUESTION" --tenant T [--json]
+    keel ingest PATH... --tenant T [--tag TAG]... [--date YYYY-MM-DD] [--no-wait] [--json]
+    keel ask "QUESTION" --tenant T [--source PATH] [--tag TAG]... [--since D] [--until D] [--json]
     keel stats --tenant T [--json]
 """
 
@@ -23,7 +23,7 @@ from keel.offline import configure_offline
 configure_offline()
 
 from keel.config import KeelSettings  # noqa: E402
-from keel.contracts import IndexStatsInput, IngestSummary  # noqa: E402
+from keel.contracts import IndexStatsInput, IngestSummary, QueryFilters  # noqa: E402
 
 
 async def _client(settings: KeelSettings):
@@ -80,7 +80,7 @@ async def cmd_ingest(args, settings: KeelSettings) -> int:
     workflow_id = f"ingest-{args.tenant}-{_short_id()}"
     handle = await client.start_workflow(
         IngestCorpus.run,
-        settings.ingest_input(args.tenant, [str(Path(p).resolve()) for p in args.paths]),
+        settings.ingest_input(args.tenant, [str(Path(p).resolve()) for p in args.paths], tags=args.tag, date=args.date),
         id=workflow_id,
         task_queue=settings.task_queue,
     )
@@ -134,9 +134,13 @@ async def cmd_ask(args, settings: KeelSettings) -> int:
 
     client = await _client(settings)
     workflow_id = f"ask-{args.tenant}-{_short_id()}"
+    filters = None
+    if args.source or args.tag or args.since or args.until:
+        source = str(Path(args.source).resolve()) if args.source else None  # ingest stores absolute paths
+        filters = QueryFilters(source=source, tags=args.tag or [], date_from=args.since, date_to=args.until)
     handle = await client.start_workflow(
         AnswerQuestion.run,
-        settings.ask_input(args.tenant, args.question),
+        settings.ask_input(args.tenant, args.question, filters=filters),
         id=workflow_id,
         task_queue=settings.task_queue,
     )
@@ -196,6 +200,15 @@ def _describe_failure(err: Exception, settings: KeelSettings) -> str:
     return f"{type(err).__name__}: {err}"
 
 
+def _iso_date(value: str) -> str:
+    import datetime as dt
+
+    try:
+        return dt.date.fromisoformat(value).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {value!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="keel", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -208,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     ingest = sub.add_parser("ingest", help="ingest files and folders")
     ingest.add_argument("paths", nargs="+")
     ingest.add_argument("--tenant", required=True)
+    ingest.add_argument("--tag", action="append", default=[], help="tag every document (repeatable)")
+    ingest.add_argument("--date", type=_iso_date, help="the documents' date; FILE.meta.json can set tags and date per file")
     ingest.add_argument("--no-wait", action="store_true", help="print the workflow id and return")
     ingest.add_argument("--json", action="store_true")
     ingest.set_defaults(func=cmd_ingest)
@@ -215,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     ask = sub.add_parser("ask", help="answer a question from a tenant's documents")
     ask.add_argument("question")
     ask.add_argument("--tenant", required=True)
+    ask.add_argument("--source", help="only this ingested file")
+    ask.add_argument("--tag", action="append", default=[], help="only documents with any of these tags")
+    ask.add_argument("--since", type=_iso_date, help="only documents dated on or after YYYY-MM-DD")
+    ask.add_argument("--until", type=_iso_date, help="only documents dated on or before YYYY-MM-DD")
     ask.add_argument("--json", action="store_true")
     ask.set_defaults(func=cmd_ask)
 

@@ -25,7 +25,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from keel.contracts import AskInput, IngestCorpusInput
+from keel.contracts import AskInput, IngestCorpusInput, QueryFilters
 
 
 class KeelSettings(BaseSettings):
@@ -122,16 +122,20 @@ class KeelSettings(BaseSettings):
     def index_path(self) -> Path:
         return self.data_dir / ("edge" if self.embedded_engine == "edge" else "qdrant")
 
-    def ingest_input(self, tenant: str, paths: list[str]) -> IngestCorpusInput:
+    def ingest_input(
+        self, tenant: str, paths: list[str], *, tags: list[str] | None = None, date: str | None = None
+    ) -> IngestCorpusInput:
         return IngestCorpusInput(
             tenant=tenant,
             paths=paths,
             concurrency=self.ingest_concurrency,
             documents_per_run=self.ingest_documents_per_run,
             index_task_queue=self.index_task_queue,
+            tags=list(tags or []),
+            date=date,
         )
 
-    def ask_input(self, tenant: str, question: str) -> AskInput:
+    def ask_input(self, tenant: str, question: str, *, filters: QueryFilters | None = None) -> AskInput:
         return AskInput(
             tenant=tenant,
             question=question,
@@ -140,6 +144,7 @@ class KeelSettings(BaseSettings):
             min_relevance=self.min_relevance,
             prompt_version=self.prompt_version,
             index_task_queue=self.index_task_queue,
+            filters=filters,
         )
 
     def run_ui_url(self, workflow_id: str, run_id: str | None = None) -> str:

@@ -17,6 +17,9 @@ from typing import Any
 class ListDocumentsInput:
     tenant: str
     paths: list[str]
+    # Metadata for every listed document; a ``<file>.meta.json`` beside a file adds to it.
+    tags: list[str] = field(default_factory=list)
+    date: str | None = None
 
 
 @dataclass
@@ -25,6 +28,15 @@ class DocumentEntry:
     document_id: str  # stable per (tenant, path): a changed file replaces its old chunks
     content_hash: str  # also the blob key of the file's bytes
     size: int
+    tags: list[str] = field(default_factory=list)
+    date: str | None = None  # ISO date
+    # Names what gets indexed: the content hash, or a hash of it and the metadata when there is any.
+    version: str = ""
+    metadata_error: str | None = None  # an unreadable .meta.json: this document fails, typed
+
+    @property
+    def indexed_version(self) -> str:
+        return self.version or self.content_hash
 
 
 @dataclass
@@ -55,6 +67,8 @@ class IngestCorpusInput:
     concurrency: int = 8
     documents_per_run: int = 200  # continue-as-new after this many, to bound history
     index_task_queue: str = INDEX_TASK_QUEUE
+    tags: list[str] = field(default_factory=list)
+    date: str | None = None
     # Set by the workflow itself when it continues as new.
     manifest_key: str | None = None
     total: int = 0
@@ -91,6 +105,10 @@ class IngestDocumentInput:
     path: str
     content_hash: str
     index_task_queue: str = INDEX_TASK_QUEUE
+    tags: list[str] = field(default_factory=list)
+    date: str | None = None
+    version: str = ""  # see DocumentEntry.version
+    metadata_error: str | None = None
 
 
 @dataclass
@@ -152,9 +170,11 @@ class IndexInput:
     tenant: str
     document_id: str
     source: str
-    content_hash: str
+    content_hash: str  # the version: DocumentEntry.indexed_version
     chunks_key: str
     vectors_key: str
+    tags: list[str] = field(default_factory=list)
+    date: str | None = None
 
 
 @dataclass
@@ -178,11 +198,23 @@ class ScrubTextOutput:
 
 
 @dataclass
+class QueryFilters:
+    """Optional narrowing of retrieval (the tenant is always applied): exact source path,
+    any of ``tags``, document date within [date_from, date_to] (ISO dates, inclusive)."""
+
+    source: str | None = None
+    tags: list[str] = field(default_factory=list)
+    date_from: str | None = None
+    date_to: str | None = None
+
+
+@dataclass
 class RetrieveInput:
     tenant: str
     query: str
     top_k: int
     prefetch_k: int
+    filters: QueryFilters | None = None
 
 
 @dataclass
@@ -276,6 +308,7 @@ class AskInput:
     min_relevance: float = 0.25
     prompt_version: str = "answer-v1"
     index_task_queue: str = INDEX_TASK_QUEUE
+    filters: QueryFilters | None = None
 
 
 @dataclass

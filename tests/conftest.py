@@ -46,20 +46,22 @@ class KeelEnv:
     def workflow_id(self, kind: str) -> str:
         return f"test-{kind}-{uuid.uuid4().hex[:10]}"
 
-    async def start_ingest(self, paths: list[Path | str], tenant: str, documents_per_run: int | None = None) -> WorkflowHandle:
-        inp = self.settings.ingest_input(tenant, [str(p) for p in paths])
+    async def start_ingest(
+        self, paths: list[Path | str], tenant: str, documents_per_run: int | None = None, **metadata
+    ) -> WorkflowHandle:
+        inp = self.settings.ingest_input(tenant, [str(p) for p in paths], **metadata)
         inp.documents_per_run = documents_per_run or inp.documents_per_run
         return await self.client.start_workflow(
             IngestCorpus.run, inp, id=self.workflow_id("ingest"), task_queue=self.settings.task_queue
         )
 
-    async def ingest(self, paths: list[Path | str], tenant: str) -> IngestSummary:
-        return await (await self.start_ingest(paths, tenant)).result()
+    async def ingest(self, paths: list[Path | str], tenant: str, **metadata) -> IngestSummary:
+        return await (await self.start_ingest(paths, tenant, **metadata)).result()
 
-    async def ask(self, question: str, tenant: str) -> tuple[AskResult, WorkflowHandle]:
+    async def ask(self, question: str, tenant: str, filters=None) -> tuple[AskResult, WorkflowHandle]:
         handle = await self.client.start_workflow(
             AnswerQuestion.run,
-            self.settings.ask_input(tenant, question),
+            self.settings.ask_input(tenant, question, filters=filters),
             id=self.workflow_id("ask"),
             task_queue=self.settings.task_queue,
         )

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from keel.answering import NOT_ANSWERABLE
+from keel.contracts import QueryFilters
 from keel.testing.fake_openai import Step
 from tests.conftest import CORPUS, SHARED_DATA, KeelEnv
 from workflows.ingest import IngestDocument
@@ -100,6 +101,42 @@ async def test_bad_files_fail_alone_with_typed_reasons(keel: KeelEnv, tmp_path):
         desc = await keel.client.get_workflow_handle(failure.workflow_id).describe()
         assert desc.status.name == "FAILED"
     assert (await keel.stats("badinput")).documents == 1
+
+
+async def test_metadata_filters_and_metadata_changes(keel: KeelEnv, fake_llm, tmp_path):
+    text = "Lighthouse log\n\nThe {} keeper trimmed the lamp wick and logged the fog signal tests."
+    for name in ("north", "south"):
+        (tmp_path / f"{name}.txt").write_text(text.format(name))
+    (tmp_path / "north.txt.meta.json").write_text(json.dumps({"tags": ["ops"], "date": "2024-04-01"}))
+    (tmp_path / "odd.txt").write_text(text.format("odd"))
+    (tmp_path / "odd.txt.meta.json").write_text('{"tags": "ops"}')  # not a list: this file fails alone
+
+    summary = await keel.ingest([tmp_path], tenant="meta", tags=["public"])
+    assert (summary.total, summary.indexed, summary.failed) == (3, 2, 1)
+    assert summary.failures[0].error_type == "InvalidMetadata" and "odd.txt.meta.json" in summary.failures[0].message
+
+    question = "What did the keeper log about the fog signal?"
+    docs = lambda result: sorted(Path(c.document).name for c in result.citations)  # noqa: E731
+    both, _ = await keel.ask(question, tenant="meta", filters=QueryFilters(tags=["public"]))
+    ops, _ = await keel.ask(question, tenant="meta", filters=QueryFilters(tags=["ops"]))
+    assert set(docs(ops)) == {"north.txt"} and len(ops.citations) >= 1
+    assert ops.settings["filters"]["tags"] == ["ops"]  # the run records what it was narrowed to
+    dated, _ = await keel.ask(question, tenant="meta", filters=QueryFilters(date_from="2024-01-01", date_to="2024-12-31"))
+    assert set(docs(dated)) == {"north.txt"}
+    later, _ = await keel.ask(question, tenant="meta", filters=QueryFilters(date_from="2025-01-01"))
+    assert not later.answerable and later.citations == []
+    south = str((tmp_path / "south.txt").resolve())
+    only, _ = await keel.ask(question, tenant="meta", filters=QueryFilters(source=south))
+    assert set(docs(only)) == {"south.txt"}
+    assert set(docs(both)) <= {"north.txt", "south.txt"}
+
+    # Same bytes, new metadata: a new version, re-indexed; the untouched file is unchanged.
+    (tmp_path / "north.txt.meta.json").write_text(json.dumps({"tags": ["archive"], "date": "2024-04-01"}))
+    again = await keel.ingest([tmp_path / "north.txt", tmp_path / "south.txt"], tenant="meta", tags=["public"])
+    assert (again.indexed, again.unchanged) == (1, 1)
+    ops, _ = await keel.ask(question, tenant="meta", filters=QueryFilters(tags=["ops"]))
+    assert not ops.answerable
+    assert (await keel.stats("meta")).documents == 2
 
 
 async def test_history_of_a_1mb_document_stays_small(keel: KeelEnv, tmp_path):

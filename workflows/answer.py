@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 from temporalio import workflow
@@ -57,7 +58,9 @@ class AnswerQuestion:
         )
         retrieved = await workflow.execute_activity(
             retrieve,
-            RetrieveInput(tenant=inp.tenant, query=scrubbed.text, top_k=inp.top_k, prefetch_k=inp.prefetch_k),
+            RetrieveInput(
+                tenant=inp.tenant, query=scrubbed.text, top_k=inp.top_k, prefetch_k=inp.prefetch_k, filters=inp.filters
+            ),
             task_queue=inp.index_task_queue,
             start_to_close_timeout=timedelta(minutes=2),
             heartbeat_timeout=HEARTBEAT,
@@ -71,6 +74,7 @@ class AnswerQuestion:
             "prefetch_k": inp.prefetch_k,
             "min_relevance": inp.min_relevance,
             "fusion": "rrf",
+            "filters": dataclasses.asdict(inp.filters) if inp.filters else None,
         }
         result = AskResult(
             answer=answering.NOT_ANSWERABLE,

@@ -50,7 +50,7 @@ MAX_RECORDED_FAILURES = 200  # all failures are counted; this many are listed in
 
 
 def document_workflow_id(tenant: str, entry: DocumentEntry) -> str:
-    return f"ingest-doc-{tenant}-{entry.document_id[:16]}-{entry.content_hash[:16]}"
+    return f"ingest-doc-{tenant}-{entry.document_id[:16]}-{entry.indexed_version[:16]}"
 
 
 def failure_reason(err: BaseException) -> tuple[str, str]:
@@ -67,6 +67,8 @@ class IngestDocument:
 
     @workflow.run
     async def run(self, inp: IngestDocumentInput) -> IngestDocumentOutput:
+        if inp.metadata_error:
+            raise ApplicationError(inp.metadata_error, type="InvalidMetadata", non_retryable=True)
         try:
             parts = await workflow.execute_activity(
                 partition_document,
@@ -104,9 +106,11 @@ class IngestDocument:
                     tenant=inp.tenant,
                     document_id=inp.document_id,
                     source=inp.path,
-                    content_hash=inp.content_hash,
+                    content_hash=inp.version or inp.content_hash,
                     chunks_key=chunks.chunks_key,
                     vectors_key=embedded.vectors_key,
+                    tags=inp.tags,
+                    date=inp.date,
                 ),
                 task_queue=inp.index_task_queue,
                 start_to_close_timeout=timedelta(minutes=30),
@@ -148,7 +152,7 @@ class IngestCorpus:
         if manifest_key is None:
             listed = await workflow.execute_activity(
                 list_documents,
-                ListDocumentsInput(tenant=inp.tenant, paths=inp.paths),
+                ListDocumentsInput(tenant=inp.tenant, paths=inp.paths, tags=inp.tags, date=inp.date),
                 start_to_close_timeout=timedelta(minutes=30),
                 heartbeat_timeout=HEARTBEAT,
                 retry_policy=RetryPolicy(maximum_attempts=3, non_retryable_error_types=["FileNotFoundError", *NON_RETRYABLE]),
@@ -171,7 +175,7 @@ class IngestCorpus:
             heartbeat_timeout=HEARTBEAT,
             retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30), non_retryable_error_types=NON_RETRYABLE),
         )
-        todo = [e for e in page.entries if indexed.content_hashes.get(e.document_id) != e.content_hash]
+        todo = [e for e in page.entries if indexed.content_hashes.get(e.document_id) != e.indexed_version]
         self._summary.unchanged += len(page.entries) - len(todo)
         slots = asyncio.Semaphore(inp.concurrency)
         await asyncio.gather(*(self._ingest(inp, entry, slots) for entry in todo))
@@ -204,6 +208,10 @@ class IngestCorpus:
                         path=entry.path,
                         content_hash=entry.content_hash,
                         index_task_queue=inp.index_task_queue,
+                        tags=entry.tags,
+                        date=entry.date,
+                        version=entry.indexed_version,
+                        metadata_error=entry.metadata_error,
                     ),
                     id=child_id,
                     id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
