@@ -40,6 +40,7 @@ with reciprocal rank fusion in Python with the engine's formula ``sum 1/(k + ran
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -182,6 +183,10 @@ class EdgeChunkIndex:
         self.dimensions = dimensions
         self.seal_at_points = seal_at_points
         self._write_lock = threading.RLock()  # writers + seal/swap bookkeeping
+        # Writers pass this gate before taking the write lock; maintenance holds it while it
+        # waits, so a steady stream of writes cannot starve a swap (locks are not fair).
+        self._gate = threading.Lock()
+        self._building: set[str] = set()  # sealed shards being rebuilt by a compaction
         self._serve = _RWLock()  # queries (shared) vs swapping the shard list (exclusive)
         self._journal: list[tuple[str, str]] | None = None  # (tenant, document_id) deleted during a build
         self._compaction: threading.Thread | None = None
@@ -291,7 +296,7 @@ class EdgeChunkIndex:
         document = [_match("tenant", tenant), _match("document_id", document_id)]
         stale = qe.Filter(must=document, must_not=[_match("content_hash", content_hash)])
         whole = qe.Filter(must=document)
-        with self._write_lock:
+        with self._writer():
             active = self.shards[self.active]
             for start in range(0, len(points), _UPSERT_BATCH):
                 active.update(qe.UpdateOperation.upsert_points(points[start : start + _UPSERT_BATCH]))
@@ -312,14 +317,28 @@ class EdgeChunkIndex:
             shard = self.shards[name]
             if shard.count(qe.CountRequest(exact=True, filter=selector)):
                 shard.update(qe.UpdateOperation.delete_points_by_filter(selector))
-        if self._journal is not None:
-            self._journal.append((tenant, document_id))
+                if self._journal is not None and name in self._building:  # the copy still has it
+                    self._journal.append((tenant, document_id))
+
+    def _writer(self):
+        with self._gate:
+            pass
+        return self._write_lock
+
+    @contextlib.contextmanager
+    def _maintenance(self):
+        with self._gate:
+            self._write_lock.acquire()
+        try:
+            yield
+        finally:
+            self._write_lock.release()
 
     def delete_document(self, tenant: str, document_id: str) -> None:
         qe = _qe()
         _require_tenant(tenant)
         whole = qe.Filter(must=[_match("tenant", tenant), _match("document_id", document_id)])
-        with self._write_lock:
+        with self._writer():
             self.shards[self.active].update(qe.UpdateOperation.delete_points_by_filter(whole))
             self._delete_from_sealed(whole, tenant, document_id)
 
@@ -488,6 +507,7 @@ class EdgeChunkIndex:
             self._write_manifest()
             inputs = list(self.sealed) if merge else [self.sealed[-1]]
             self._journal = []
+            self._building = set(inputs)
             self._compaction = threading.Thread(target=self._build, args=(inputs,), daemon=True)
             self._compaction.start()
         if wait:
@@ -500,7 +520,7 @@ class EdgeChunkIndex:
         t0 = time.perf_counter()
         target = None
         try:
-            with self._write_lock:  # writes pause while the inputs are copied; queries don't
+            with self._maintenance():  # writes pause while the inputs are copied; queries don't
                 target = self._new_name()
                 self._write_manifest()  # persist "next" so a crash never reuses the name
                 sizes = {n: self.shards[n].info().points_count for n in inputs}
@@ -529,12 +549,13 @@ class EdgeChunkIndex:
             built = _qe().EdgeShard.load(str(self.shards_dir / target))  # holds the GIL: the swap's stall
             timing["load_s"] = round(time.perf_counter() - t2, 3)
             qe = _qe()
-            with self._write_lock:
+            with self._maintenance():
                 for tenant, document_id in self._journal or []:
                     flt = qe.Filter(must=[_match("tenant", tenant), _match("document_id", document_id)])
                     built.update(qe.UpdateOperation.delete_points_by_filter(flt))
                 timing["journal_replayed"] = len(self._journal or [])
                 self._journal = None
+                self._building = set()
                 t3 = time.perf_counter()
                 self._serve.acquire_write()
                 try:
@@ -555,6 +576,7 @@ class EdgeChunkIndex:
             timing["error"] = repr(exc)
             with self._write_lock:
                 self._journal = None
+                self._building = set()
             if target:
                 for leftover in self.shards_dir.glob(f"{target}*"):
                     shutil.rmtree(leftover, ignore_errors=True)
