@@ -249,8 +249,9 @@ class EdgeChunkIndex:
     def close(self) -> None:
         if self._closed:
             return
-        if self._compaction is not None:
-            self._compaction.join()
+        running = self._compaction
+        if running is not None:
+            running.join()
         self._serve.acquire_write()
         try:
             for shard in self.shards.values():
@@ -492,26 +493,29 @@ class EdgeChunkIndex:
         rebuild, and a swap stall proportional to its size; for explicit offline use only).
         Queries are served from the old shards until the swap.
         """
-        with self._write_lock:
-            if self._compaction is not None:
-                if wait:
-                    self._compaction.join()
-                return self.last_compaction
-            if self.shards[self.active].info().points_count == 0 and not merge:
+        while True:
+            with self._maintenance():
+                running = self._compaction
+                if running is None:
+                    if self.shards[self.active].info().points_count == 0 and not merge:
+                        return None
+                    self.shards[self.active].flush()
+                    fresh = self._new_name()
+                    self.shards[fresh] = self._open(fresh)
+                    self.sealed.append(self.active)
+                    self.active = fresh
+                    self._write_manifest()
+                    inputs = list(self.sealed) if merge else [self.sealed[-1]]
+                    self._journal = []
+                    self._building = set(inputs)
+                    thread = self._compaction = threading.Thread(target=self._build, args=(inputs,), daemon=True)
+                    thread.start()
+                    break
+            if not wait:
                 return None
-            self.shards[self.active].flush()
-            fresh = self._new_name()
-            self.shards[fresh] = self._open(fresh)
-            self.sealed.append(self.active)
-            self.active = fresh
-            self._write_manifest()
-            inputs = list(self.sealed) if merge else [self.sealed[-1]]
-            self._journal = []
-            self._building = set(inputs)
-            self._compaction = threading.Thread(target=self._build, args=(inputs,), daemon=True)
-            self._compaction.start()
+            running.join()  # never under the lock: the build needs it to swap
         if wait:
-            self._compaction.join()
+            thread.join()
             return self.last_compaction
         return None
 
