@@ -6,7 +6,7 @@ running alongside queries.
 
 Layout (LSM-like tiers, one directory per Edge shard under ``path/collection``)::
 
-    manifest.json        {"active": name, "sealed": [names...], "next": n}   (atomic rename)
+    manifest.json        {"active": name, "sealed": [names...], "pending": [names...], "next": n}
     shards/<name>/       one EdgeShard each
 
 * **active** shard: small, appendable, plain (no HNSW) -- every upsert goes here, so a write is
@@ -20,7 +20,9 @@ Maintenance never runs ``optimize()`` on a shard that serves queries. ``EdgeShar
 holds the GIL for its whole run (measured: a spinning Python thread and a query thread made no
 progress during it), so it runs in a **child process** on a *copy* of the sealed shard(s):
 
-1. seal: flush the active shard, make it sealed, open a fresh active shard (manifest rewritten);
+1. seal (when the active shard reaches ``seal_at_points``, at once, even while a build runs):
+   flush the active shard, make it sealed, open a fresh active shard, queue a build job for
+   the sealed one (manifest rewritten); one builder thread runs the jobs in order;
 2. under the write lock (ingestion pauses, queries do not), flush and copy the input shards'
    directories to ``<new>.building`` (a copy is a different shard: the one-process-per-shard
    lock is not violated);
@@ -66,6 +68,7 @@ from retrieval.store import (
     chunk_records,
 )
 
+MERGE_ALL = ["*"]  # a build job: every sealed shard into one
 _UPSERT_BATCH = 64  # one update() call holds the GIL: keep it short so queries interleave
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -189,7 +192,13 @@ class EdgeChunkIndex:
         self._building: set[str] = set()  # sealed shards being rebuilt by a compaction
         self._serve = _RWLock()  # queries (shared) vs swapping the shard list (exclusive)
         self._journal: list[tuple[str, str]] | None = None  # (tenant, document_id) deleted during a build
-        self._compaction: threading.Thread | None = None
+        # Build jobs (lists of sealed shard names; MERGE_ALL = every sealed shard), run one at a
+        # time by the builder thread. Persisted in the manifest ("pending") across restarts.
+        self._jobs: list[list[str]] = []
+        self._jobs_queued = self._jobs_done = 0  # compact(wait=True) waits for the jobs queued so far
+        self._builder: threading.Thread | None = None
+        self._idle = threading.Condition(self._write_lock)
+        self._stopping = False
         self.last_compaction: dict[str, Any] = {}
         self.compaction_log: list[dict[str, Any]] = []  # this process's compactions, oldest first
         self._closed = False
@@ -205,6 +214,9 @@ class EdgeChunkIndex:
             self.shards[name] = self._open(name)
         self.active = manifest["active"]
         self.sealed = list(manifest["sealed"])
+        for name in manifest.get("pending", []):  # built after the next write or compact()
+            if name in self.sealed:
+                self._queue([name])
 
     # --- shard files -----------------------------------------------------------------------
 
@@ -227,8 +239,10 @@ class EdgeChunkIndex:
         os.replace(tmp, self.root / "manifest.json")
 
     def _write_manifest(self) -> None:
+        pending = [n for job in self._jobs if job != MERGE_ALL for n in job]
         self._write_manifest_dict(
-            {"active": self.active, "sealed": self.sealed, "next": self._next, "dimensions": self.dimensions}
+            {"active": self.active, "sealed": self.sealed, "pending": pending, "next": self._next,
+             "dimensions": self.dimensions}
         )
 
     def _new_name(self) -> str:
@@ -249,9 +263,11 @@ class EdgeChunkIndex:
     def close(self) -> None:
         if self._closed:
             return
-        running = self._compaction
-        if running is not None:
-            running.join()
+        with self._write_lock:
+            self._stopping = True  # the builder finishes its current job; the rest stay pending
+            builder = self._builder
+        if builder is not None:
+            builder.join()
         self._serve.acquire_write()
         try:
             for shard in self.shards.values():
@@ -306,9 +322,9 @@ class EdgeChunkIndex:
                 removed += shard.count(qe.CountRequest(exact=True, filter=stale))
             active.update(qe.UpdateOperation.delete_points_by_filter(stale))
             self._delete_from_sealed(whole, tenant, document_id)
-            rolled = self.shards[self.active].info().points_count >= self.seal_at_points
-        if rolled and self._compaction is None:
-            self.compact(wait=False)
+            if self.shards[self.active].info().points_count >= self.seal_at_points:
+                self._seal()
+            self._start_builder()
         return len(points), removed
 
     def _delete_from_sealed(self, selector, tenant: str, document_id: str) -> None:
@@ -487,37 +503,64 @@ class EdgeChunkIndex:
     # --- maintenance -----------------------------------------------------------------------
 
     def compact(self, *, merge: bool = False, wait: bool = True) -> dict[str, Any] | None:
-        """Seal the active shard and build an HNSW-optimized replacement out of process.
+        """Seal the active shard and queue its HNSW build (out of process, see module docstring).
 
-        ``merge``: also fold every other sealed shard into the build (one big shard: a full HNSW
-        rebuild, and a swap stall proportional to its size; for explicit offline use only).
-        Queries are served from the old shards until the swap.
+        ``merge``: afterwards also fold every sealed shard into one (a full HNSW rebuild, and a
+        swap stall proportional to its size: for explicit offline use only). ``wait``: return
+        when every queued build is done, with the last one's report.
+        Queries are served from the old shards until each swap.
         """
-        while True:
-            with self._maintenance():
-                running = self._compaction
-                if running is None:
-                    if self.shards[self.active].info().points_count == 0 and not merge:
-                        return None
-                    self.shards[self.active].flush()
-                    fresh = self._new_name()
-                    self.shards[fresh] = self._open(fresh)
-                    self.sealed.append(self.active)
-                    self.active = fresh
-                    self._write_manifest()
-                    inputs = list(self.sealed) if merge else [self.sealed[-1]]
-                    self._journal = []
-                    self._building = set(inputs)
-                    thread = self._compaction = threading.Thread(target=self._build, args=(inputs,), daemon=True)
-                    thread.start()
-                    break
+        with self._maintenance():
+            self._seal()
+            if merge and len(self.sealed) > 1:
+                self._queue(MERGE_ALL)
+            self._start_builder()
             if not wait:
                 return None
-            running.join()  # never under the lock: the build needs it to swap
-        if wait:
-            thread.join()
+            mine = self._jobs_queued
+            while self._jobs_done < mine and (self._builder is not None or self._jobs):
+                self._idle.wait()  # releases the write lock while waiting
             return self.last_compaction
-        return None
+
+    def _queue(self, job: list[str]) -> None:
+        self._jobs.append(job)
+        self._jobs_queued += 1
+
+    def _seal(self) -> None:
+        """Under the write lock: the active shard becomes sealed with a build queued for it."""
+        if self.shards[self.active].info().points_count == 0:
+            return
+        self.shards[self.active].flush()
+        fresh = self._new_name()
+        self.shards[fresh] = self._open(fresh)
+        self.sealed.append(self.active)
+        self._queue([self.active])
+        self.active = fresh
+        self._write_manifest()
+
+    def _start_builder(self) -> None:
+        if self._jobs and self._builder is None and not self._stopping:
+            self._builder = threading.Thread(target=self._run_builds, daemon=True)
+            self._builder.start()
+
+    def _run_builds(self) -> None:
+        while True:
+            with self._maintenance():
+                if not self._jobs or self._stopping:
+                    self._builder = None
+                    self._idle.notify_all()
+                    return
+                job = self._jobs[0]
+                inputs = list(self.sealed) if job == MERGE_ALL else [n for n in job if n in self.sealed]
+                self._journal = []
+                self._building = set(inputs)
+            if inputs:
+                self._build(inputs)
+            with self._write_lock:
+                self._jobs.pop(0)  # done or failed (a failed shard stays plain; still served)
+                self._jobs_done += 1
+                self._write_manifest()
+                self._idle.notify_all()
 
     def _build(self, inputs: list[str]) -> None:
         timing: dict[str, Any] = {"inputs": inputs}
@@ -588,7 +631,6 @@ class EdgeChunkIndex:
             timing["total_s"] = round(time.perf_counter() - t0, 3)
             self.last_compaction = timing
             self.compaction_log.append(timing)
-            self._compaction = None
 
 
 def _copy_shard(src: Path, dst: Path) -> None:
