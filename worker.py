@@ -1,6 +1,7 @@
 """Keel worker process.
 
-    python -m worker                 # general queue: workflows, partition, PII, chunk, embed, LLM
+    python -m worker                 # general queue: workflows, partition, PII, chunk, embed,
+                                     # and one queue per LLM provider (<queue>-llm-<name>)
     python -m worker --index         # also the index queue (the owner of an embedded store)
     python -m worker --index-only    # only the index queue
 
@@ -25,9 +26,12 @@ from temporalio.worker import Worker  # noqa: E402
 
 from activities._runtime import runtime  # noqa: E402
 from activities.answer import ANSWER_ACTIVITIES  # noqa: E402
+from activities.cache import CACHE_ACTIVITIES  # noqa: E402
 from activities.index import INDEX_ACTIVITIES  # noqa: E402
 from activities.ingest import INGEST_ACTIVITIES  # noqa: E402
+from activities.llm import LLM_ACTIVITIES, PLAN_ACTIVITIES  # noqa: E402
 from keel.config import KeelSettings  # noqa: E402
+from keel.providers import provider_task_queue  # noqa: E402
 from workflows import ALL_WORKFLOWS  # noqa: E402
 
 log = logging.getLogger("keel.worker")
@@ -44,11 +48,23 @@ async def run_worker(settings: KeelSettings, *, general: bool, index: bool) -> N
                 client,
                 task_queue=settings.task_queue,
                 workflows=ALL_WORKFLOWS,
-                activities=INGEST_ACTIVITIES + ANSWER_ACTIVITIES,
+                activities=INGEST_ACTIVITIES + ANSWER_ACTIVITIES + PLAN_ACTIVITIES + CACHE_ACTIVITIES,
                 activity_executor=executor,
                 max_concurrent_activities=4,
             )
         )
+        # One queue per provider: its slots bound concurrent requests per worker, and an
+        # optional task-queue rate limit (enforced by the server) bounds the whole fleet.
+        for provider in settings.provider_chain:
+            workers.append(
+                Worker(
+                    client,
+                    task_queue=provider_task_queue(settings.task_queue, provider.name),
+                    activities=LLM_ACTIVITIES,
+                    max_concurrent_activities=provider.max_concurrency,
+                    max_task_queue_activities_per_second=provider.requests_per_second,
+                )
+            )
     if index:
         workers.append(
             Worker(

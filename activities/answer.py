@@ -1,4 +1,5 @@
-"""Question-answering activities: scrub the query, generate with the LLM, validate the reply."""
+"""Question-answering activities: scrub the query, validate the reply (the LLM call itself is in
+``activities/llm.py``)."""
 
 from __future__ import annotations
 
@@ -6,17 +7,7 @@ from temporalio import activity
 
 from activities._runtime import heartbeating, runtime
 from keel import answering
-from keel.contracts import (
-    GenerateInput,
-    GenerateOutput,
-    ScrubTextInput,
-    ScrubTextOutput,
-    Usage,
-    ValidateInput,
-    ValidateOutput,
-)
-from keel.errors import KeelError, to_application_error
-from keel.llm import ChatClient, ResponseFormat
+from keel.contracts import ScrubTextInput, ScrubTextOutput, ValidateInput, ValidateOutput
 
 
 @activity.defn
@@ -30,34 +21,8 @@ def scrub_text(inp: ScrubTextInput) -> ScrubTextOutput:
 
 
 @activity.defn
-async def generate_answer(inp: GenerateInput) -> GenerateOutput:
-    s = runtime().settings
-    client = ChatClient(
-        s.llm_base_url,
-        s.llm_model,
-        api_key=s.llm_api_key,
-        timeout=s.llm_timeout_seconds,
-        response_format=ResponseFormat(s.response_format),
-    )
-    messages = answering.build_messages(
-        inp.question, inp.chunks, inp.prompt_version, inp.repair_errors, inp.previous_output
-    )
-    try:
-        completion = await client.complete(
-            messages, json_schema=answering.answer_schema(len(inp.chunks)), max_tokens=s.llm_max_tokens
-        )
-    except KeelError as e:
-        raise to_application_error(e) from None
-    return GenerateOutput(
-        content=completion.content,
-        model=completion.model,
-        usage=Usage(completion.prompt_tokens, completion.completion_tokens),
-    )
-
-
-@activity.defn
 def validate_answer(inp: ValidateInput) -> ValidateOutput:
     return answering.validate_answer(inp.content, inp.chunks)
 
 
-ANSWER_ACTIVITIES = [scrub_text, generate_answer, validate_answer]
+ANSWER_ACTIVITIES = [scrub_text, validate_answer]

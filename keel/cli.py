@@ -4,6 +4,7 @@
     keel down | keel status
     keel ingest PATH... --tenant T [--tag TAG]... [--date YYYY-MM-DD] [--no-wait] [--json]
     keel ask "QUESTION" --tenant T [--source PATH] [--tag TAG]... [--since D] [--until D] [--json]
+             [--no-cache] [--max-cost USD]
     keel stats --tenant T [--json]
 """
 
@@ -138,12 +139,9 @@ async def cmd_ask(args, settings: KeelSettings) -> int:
     if args.source or args.tag or args.since or args.until:
         source = str(Path(args.source).resolve()) if args.source else None  # ingest stores absolute paths
         filters = QueryFilters(source=source, tags=args.tag or [], date_from=args.since, date_to=args.until)
-    handle = await client.start_workflow(
-        AnswerQuestion.run,
-        settings.ask_input(args.tenant, args.question, filters=filters),
-        id=workflow_id,
-        task_queue=settings.task_queue,
-    )
+    ask_input = settings.ask_input(args.tenant, args.question, filters=filters)
+    ask_input.use_cache, ask_input.max_cost_usd = not args.no_cache, args.max_cost
+    handle = await client.start_workflow(AnswerQuestion.run, ask_input, id=workflow_id, task_queue=settings.task_queue)
     result = await handle.result()
     url = settings.run_ui_url(workflow_id, handle.result_run_id)
     out = {
@@ -161,6 +159,11 @@ async def cmd_ask(args, settings: KeelSettings) -> int:
         "attempts": result.attempts,
         "pii_counts": result.pii_counts,
         "settings": result.settings,
+        "provider": result.provider,
+        "provider_attempts": [asdict(a) for a in result.provider_attempts],
+        "cost_usd": result.cost_usd,
+        "cache": result.cache,
+        "decisions": [asdict(d) for d in result.decisions],
     }
     if args.json:
         print(json.dumps(out))
@@ -169,8 +172,23 @@ async def cmd_ask(args, settings: KeelSettings) -> int:
     print(f"A: {result.answer}" + ("   [degraded: extractive fallback]" if result.degraded else ""))
     for c in result.citations:
         print(f"   - {_display_path(c.document)} (score {c.score:.2f}, chunk {c.chunk_id})")
+    if result.answerable:
+        print(f"   {_llm_summary(result)}")
     print(f"   run: {url}")
     return 0
+
+
+def _llm_summary(result) -> str:
+    """One line: who answered (or the cache), tokens and cost of every attempt, decisions."""
+    tokens = result.usage.prompt_tokens + result.usage.completion_tokens
+    who = f"cache ({result.cache}) of {result.provider}" if result.cache else (result.provider or "no provider")
+    tried = [a for a in result.provider_attempts if a.provider != result.provider or a.outcome.value != "answered"]
+    line = f"llm: {who}, {result.model or '-'}, {tokens} tokens, ${result.cost_usd:.6f}"
+    if tried:
+        line += f", {len(tried)} other attempt(s): " + ", ".join(f"{a.provider} {a.error_type or a.outcome.value}" for a in tried)
+    for d in result.decisions:
+        line += f"\n   policy: {d.detail}"
+    return line
 
 
 async def cmd_stats(args, settings: KeelSettings) -> int:
@@ -234,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--tag", action="append", default=[], help="only documents with any of these tags")
     ask.add_argument("--since", type=_iso_date, help="only documents dated on or after YYYY-MM-DD")
     ask.add_argument("--until", type=_iso_date, help="only documents dated on or before YYYY-MM-DD")
+    ask.add_argument("--no-cache", action="store_true", help="do not answer from the answer cache")
+    ask.add_argument("--max-cost", type=float, metavar="USD", help="this run's LLM budget")
     ask.add_argument("--json", action="store_true")
     ask.set_defaults(func=cmd_ask)
 

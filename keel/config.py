@@ -26,6 +26,7 @@ from pydantic_settings import (
 )
 
 from keel.contracts import AskInput, IngestCorpusInput, QueryFilters
+from keel.providers import ProviderConfig
 
 
 class KeelSettings(BaseSettings):
@@ -80,6 +81,20 @@ class KeelSettings(BaseSettings):
     llm_start_local: bool = True  # `keel up` starts the local model server
     prompt_version: str = "answer-v1"
 
+    # The provider chain, tried in order (see keel/providers.py and README "LLM calls"). Empty:
+    # one provider named "default" made of the llm_* settings above.
+    providers: list[ProviderConfig] = []
+    # Per-tenant budget per period, in USD (None: unlimited); tenant_budgets overrides per tenant.
+    # Once spent, the tenant's runs use the budget_fallback providers, or fail with BudgetExceeded.
+    tenant_budget_usd: float | None = None
+    tenant_budgets: dict[str, float] = {}
+    budget_period: Literal["day", "month"] = "month"
+    # Answer cache (exact, and semantic above this cosine similarity; None: exact only).
+    cache_enabled: bool = False
+    cache_ttl_seconds: float = 24 * 3600
+    semantic_cache_threshold: float | None = 0.95
+    cache_path: Path | None = None  # default <data_dir>/answer-cache.sqlite3
+
     embedding_model: str = "all-MiniLM-L6-v2"
 
     @classmethod
@@ -109,6 +124,46 @@ class KeelSettings(BaseSettings):
         if self.llm_response_format == "auto":
             return "json_object" if self.uses_local_llm else "json_schema"
         return self.llm_response_format
+
+    @property
+    def provider_chain(self) -> list[ProviderConfig]:
+        if self.providers:
+            return list(self.providers)
+        return [
+            ProviderConfig(
+                name="default",
+                base_url=self.llm_base_url,
+                model=self.llm_model,
+                api_key=self.llm_api_key,
+                timeout_seconds=self.llm_timeout_seconds,
+                response_format=self.response_format,
+            )
+        ]
+
+    def provider(self, name: str) -> ProviderConfig:
+        chain = self.provider_chain
+        for p in chain:
+            if p.name == name or not name:
+                return p
+        raise ValueError(f"unknown provider {name!r}; configured: {', '.join(p.name for p in chain)}")
+
+    @property
+    def local_llm_provider(self) -> ProviderConfig | None:
+        """The provider served by the llama.cpp server that `keel up` starts, if any."""
+        if not self.llm_start_local:
+            return None
+        for p in self.provider_chain:
+            url = urlparse(p.base_url)
+            if url.hostname in ("127.0.0.1", "localhost", "::1") and url.port == self.llm_port:
+                return p
+        return None
+
+    def tenant_budget(self, tenant: str) -> float | None:
+        return self.tenant_budgets.get(tenant, self.tenant_budget_usd)
+
+    @property
+    def answer_cache_path(self) -> Path:
+        return self.cache_path or self.data_dir / "answer-cache.sqlite3"
 
     @property
     def embedded_index(self) -> bool:

@@ -7,7 +7,9 @@ blob key (see ``keel.blobs``).
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 # --- ingestion -------------------------------------------------------------------------------
@@ -269,6 +271,12 @@ class GenerateInput:
     # Validation errors of the previous attempt: set for the one repair re-ask.
     repair_errors: list[str] = field(default_factory=list)
     previous_output: str | None = None
+    # Which provider of the chain (by name; "" = the first), and what its attempts report to.
+    provider: str = ""
+    call: int = 0  # the run's n-th LLM call, to tell the attempts of two calls apart
+    tenant: str = ""
+    entity_task_queue: str = ""  # where the ledger and provider-health workflows run
+    provider_failures: int = 0  # failures in a row the provider had when the run planned
 
 
 @dataclass
@@ -276,6 +284,8 @@ class GenerateOutput:
     content: str
     model: str
     usage: Usage
+    provider: str = ""
+    record: "ProviderAttempt | None" = None  # this attempt, as reported to the run
 
 
 @dataclass
@@ -309,6 +319,8 @@ class AskInput:
     prompt_version: str = "answer-v1"
     index_task_queue: str = INDEX_TASK_QUEUE
     filters: QueryFilters | None = None
+    use_cache: bool = True  # False: skip the cache lookup (a fresh answer still refreshes it)
+    max_cost_usd: float | None = None  # per-run budget: no further LLM call once spent
 
 
 @dataclass
@@ -323,3 +335,180 @@ class AskResult:
     settings: dict[str, Any]
     pii_counts: dict[str, int] = field(default_factory=dict)
     degraded_reason: str | None = None
+    provider: str = ""  # the provider whose answer this is ("" when no LLM answered)
+    provider_attempts: list["ProviderAttempt"] = field(default_factory=list)  # every attempt, retries included
+    cost_usd: float = 0.0  # of every attempt, failed ones included
+    cache: str | None = None  # CacheHit value when the answer came from the cache
+    decisions: list["PolicyDecision"] = field(default_factory=list)  # budget and breaker decisions
+
+
+# --- LLM calls: provider chain, accounting, breaker, budgets, cache ----------------------------
+
+
+class AttemptOutcome(str, enum.Enum):
+    ANSWERED = "answered"  # a reply that validated
+    REPLIED = "replied"  # a reply, not validated yet
+    INVALID = "invalid"  # a reply that did not validate (schema, citations, empty)
+    FAILED = "failed"  # a retryable error: 429, 5xx, timeout, reset, unreadable body
+    REJECTED = "rejected"  # a non-retryable error: 400/401/403/404/422, or a too long Retry-After
+    SKIPPED = "skipped"  # not tried: its circuit is open
+
+
+@dataclass
+class ProviderAttempt:
+    """One HTTP request to a provider (or a provider skipped), with what it cost."""
+
+    provider: str
+    model: str
+    outcome: AttemptOutcome
+    error_type: str | None = None
+    message: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    usage_estimated: bool = False  # no usage reported, the prompt is counted at an estimated size
+    cost_usd: float = 0.0
+    call: int = 0  # the run's n-th LLM call (0 for a skipped provider)
+    attempt: int = 0  # Temporal's attempt number within that call
+    retry_after_seconds: float | None = None
+
+
+class DecisionKind(str, enum.Enum):
+    TENANT_BUDGET_EXHAUSTED = "tenant_budget_exhausted"  # switched to the budget providers
+    RUN_BUDGET_EXHAUSTED = "run_budget_exhausted"  # no further LLM call in this run
+    CIRCUIT_OPEN = "circuit_open"  # a provider skipped while it cools down
+
+
+@dataclass
+class PolicyDecision:
+    kind: DecisionKind
+    detail: str
+
+
+class CacheHit(str, enum.Enum):
+    EXACT = "exact"
+    SEMANTIC = "semantic"
+
+
+@dataclass
+class PlanInput:
+    tenant: str
+    entity_task_queue: str
+
+
+@dataclass
+class ProviderPlan:
+    """A provider of the chain as the run sees it: its settings and its shared health."""
+
+    name: str
+    model: str
+    max_attempts: int
+    timeout_seconds: float
+    budget_fallback: bool
+    price_prompt_per_1k: float
+    price_completion_per_1k: float
+    open_until: datetime | None = None  # circuit open until then
+    consecutive_failures: int = 0
+
+
+@dataclass
+class LLMPlan:
+    providers: list[ProviderPlan]
+    period: str  # the tenant budget's current period, e.g. "2026-11"
+    tenant_spent_usd: float = 0.0
+    tenant_budget_usd: float | None = None
+    cache_enabled: bool = False
+    semantic_cache: bool = False
+
+
+@dataclass
+class HealthReport:
+    """An attempt's outcome as the provider's circuit breaker sees it."""
+
+    ok: bool
+    error_type: str | None = None
+    message: str | None = None
+    retry_after_seconds: float | None = None
+    # From the provider's settings, so the breaker needs no configuration of its own.
+    breaker_failures: int = 5
+    breaker_cooldown_seconds: float = 30.0
+    max_retry_after_seconds: float = 30.0
+
+
+@dataclass
+class ProviderHealthState:
+    provider: str
+    consecutive_failures: int = 0
+    open_until: datetime | None = None
+    last_error: str | None = None
+    failures: int = 0
+    successes: int = 0
+    times_opened: int = 0
+
+
+@dataclass
+class ProviderHealthInput:
+    state: ProviderHealthState
+
+
+@dataclass
+class Charge:
+    """What one attempt cost a tenant."""
+
+    period: str
+    cost_usd: float
+    prompt_tokens: int
+    completion_tokens: int
+    provider: str = ""
+
+
+@dataclass
+class PeriodSpend:
+    cost_usd: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    attempts: int = 0
+
+
+@dataclass
+class TenantBudgetInput:
+    tenant: str
+    periods: dict[str, PeriodSpend] = field(default_factory=dict)
+
+
+@dataclass
+class CacheLookupInput:
+    tenant: str
+    question: str  # scrubbed
+    prompt_version: str
+    models: list[str]
+    chunk_ids: list[str]  # retrieved, in rank order
+    semantic: bool
+
+
+@dataclass
+class CacheLookupOutput:
+    hit: CacheHit | None = None
+    answer: str = ""
+    cited_chunk_ids: list[str] = field(default_factory=list)
+    model: str = ""
+    provider: str = ""
+    similarity: float | None = None
+    source_workflow_id: str = ""  # the run that produced the cached answer
+
+
+@dataclass
+class CacheStoreInput:
+    tenant: str
+    question: str
+    prompt_version: str
+    model: str
+    provider: str
+    chunk_ids: list[str]
+    answer: str
+    cited_chunk_ids: list[str]
+    workflow_id: str
+    semantic: bool
+
+
+@dataclass
+class CacheStoreOutput:
+    stored: bool

@@ -14,15 +14,22 @@ with :func:`to_application_error`, and the workflows' retry policies list
     │   └── DocumentTooLarge
     ├── MissingTenant          (non-retryable)
     ├── InvalidFilter          (non-retryable: malformed date, empty range)
-    └── LLMError
+    ├── BudgetExceeded         (non-retryable: a tenant's budget is spent, no budget provider)
+    └── LLMError               (carries the tokens the failed attempt may have been billed for)
         ├── LLMRequestRejected (non-retryable: 400/401/403/404/422)
-        ├── LLMRateLimited     (retryable, honours Retry-After)
-        ├── LLMUnavailable     (retryable: 5xx, timeouts, connection errors)
-        └── LLMBadOutput       (retryable: malformed body / empty content)
+        ├── LLMRateLimited     (retryable, honours Retry-After; non-retryable past the provider's
+        │                       max_retry_after_seconds, so the chain moves on instead of waiting)
+        ├── LLMUnavailable     (retryable: 5xx, 529, timeouts, connection errors)
+        └── LLMBadOutput       (retryable: malformed body)
+
+Retryable LLM errors without a ``Retry-After`` wait an exponential backoff with jitter
+(:data:`LLM_BACKOFF`), passed to Temporal as ``next_retry_delay``: Temporal does the retrying.
 """
 
 from __future__ import annotations
 
+import random
+from dataclasses import dataclass
 from datetime import timedelta
 
 
@@ -73,8 +80,33 @@ class InvalidFilter(KeelError):
     retryable = False
 
 
+class BudgetExceeded(KeelError):
+    """The tenant's period budget is spent and no ``budget_fallback`` provider is configured."""
+
+    retryable = False
+
+
 class LLMError(KeelError):
-    pass
+    """A failed LLM attempt, with the tokens it may have been billed for.
+
+    ``usage_estimated`` is True when the provider did not report usage but may have run the
+    model (a timeout or dropped connection after the request was sent, an unreadable 200 body):
+    the prompt is then counted at an estimated size. Error statuses (429, 5xx, 4xx) bill nothing.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        usage_estimated: bool = False,
+    ) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = completion_tokens
+        self.usage_estimated = usage_estimated
 
 
 class LLMRequestRejected(LLMError):
@@ -106,13 +138,57 @@ NON_RETRYABLE: list[str] = sorted(
 )
 
 
-def to_application_error(err: KeelError):
-    """The Temporal form of a Keel error: type name, retryability and server-advised delay."""
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with "equal jitter": between half and all of the exponential delay,
+    so retries of many runs that failed together do not arrive together."""
+
+    initial_seconds: float = 1.0
+    coefficient: float = 2.0
+    maximum_seconds: float = 30.0
+
+    def delay(self, attempt: int, jitter: float) -> float:
+        """Seconds before retry number ``attempt`` (1 = after the first failure); jitter in [0, 1)."""
+        ceiling = min(self.maximum_seconds, self.initial_seconds * self.coefficient ** max(0, attempt - 1))
+        return ceiling * (0.5 + jitter / 2)
+
+
+LLM_BACKOFF = Backoff()
+
+
+def to_application_error(
+    err: KeelError,
+    *,
+    attempt: int | None = None,
+    max_retry_after: float | None = None,
+    details: tuple = (),
+):
+    """The Temporal form of a Keel error: type name, retryability and the delay before a retry.
+
+    :param attempt: the failed attempt's number; when given, a retryable error without a
+        server-advised delay waits :data:`LLM_BACKOFF` (with jitter) instead of the policy's
+        fixed schedule.
+    :param max_retry_after: a ``Retry-After`` longer than this makes the error non-retryable
+        for this call: waiting minutes for one provider is worse than moving to the next.
+    :param details: attached to the failure (e.g. the attempt's usage record).
+    """
     from temporalio.exceptions import ApplicationError
 
+    non_retryable = not err.retryable
+    message = err.message
+    delay = None
+    if err.retry_after:
+        if max_retry_after is not None and err.retry_after > max_retry_after:
+            non_retryable = True
+            message += f" (Retry-After {err.retry_after:.0f}s exceeds {max_retry_after:.0f}s: not waiting)"
+        else:
+            delay = err.retry_after
+    elif err.retryable and attempt is not None:
+        delay = LLM_BACKOFF.delay(attempt, random.random())
     return ApplicationError(
-        err.message,
+        message,
+        *details,
         type=type(err).__name__,
-        non_retryable=not err.retryable,
-        next_retry_delay=timedelta(seconds=err.retry_after) if err.retry_after else None,
+        non_retryable=non_retryable,
+        next_retry_delay=timedelta(seconds=delay) if delay else None,
     )

@@ -18,7 +18,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from pydantic_core import to_json
+
 from keel.config import KeelSettings
+from keel.search_attributes import SEARCH_ATTRIBUTES
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -82,9 +85,31 @@ def settings_env(settings: KeelSettings) -> dict[str, str]:
     env = {}
     for name in type(settings).model_fields:
         value = getattr(settings, name)
-        if value is not None:
-            env[f"KEEL_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            env[f"KEEL_{name.upper()}"] = str(value).lower()
+        elif isinstance(value, (list, dict)):  # pydantic-settings reads these as JSON
+            env[f"KEEL_{name.upper()}"] = to_json(value).decode()
+        else:
+            env[f"KEEL_{name.upper()}"] = str(value)
     return env
+
+
+def register_search_attributes(settings: KeelSettings) -> None:
+    """Register Keel's search attributes on a running server that lacks them."""
+    connection = ["--address", settings.temporal_address, "--namespace", settings.temporal_namespace]
+    listed = subprocess.run(
+        [temporal_binary(), "operator", "search-attribute", "list", "--output", "json", *connection],
+        capture_output=True, text=True, timeout=30,
+    )
+    missing = [name for name in SEARCH_ATTRIBUTES if name not in listed.stdout]
+    for name in missing:
+        subprocess.run(
+            [temporal_binary(), "operator", "search-attribute", "create", "--name", name,
+             "--type", SEARCH_ATTRIBUTES[name], *connection],
+            capture_output=True, timeout=30,
+        )
 
 
 class Stack:
@@ -135,6 +160,8 @@ class Stack:
         host, _, port = s.temporal_address.rpartition(":")
         if port_open(host, int(port)):
             say(f"Temporal: using {s.temporal_address}")
+            if host in LOOPBACK:  # a dev server started before Keel had search attributes
+                register_search_attributes(s)
         elif host in LOOPBACK:
             cmd = [
                 temporal_binary(), "server", "start-dev",
@@ -142,6 +169,8 @@ class Stack:
                 "--ip", host, "--port", port, "--ui-port", str(s.temporal_ui_port),
                 "--log-level", "warn",
             ]
+            for name, kind in SEARCH_ATTRIBUTES.items():
+                cmd += ["--search-attribute", f"{name}={kind}"]
             p, proc = self._spawn("temporal", cmd, "temporal")
             procs.append(p)
             self._save(procs)
@@ -150,24 +179,28 @@ class Stack:
         else:
             raise RuntimeError(f"Temporal at {s.temporal_address} is not reachable")
 
-        llm = urlparse(s.llm_base_url)
-        if s.uses_local_llm:
+        local = s.local_llm_provider
+        if local is not None:
+            llm = urlparse(local.base_url)
             if port_open(llm.hostname, llm.port):
-                say(f"LLM: using {s.llm_base_url}")
+                say(f"LLM: using {local.base_url}")
             else:
                 cmd = [
                     sys.executable, "-m", "llama_cpp.server",
-                    "--model", str(smollm2_model_path()), "--model_alias", s.llm_model,
+                    "--model", str(smollm2_model_path()), "--model_alias", local.model,
                     "--host", llm.hostname, "--port", str(llm.port),
                     "--n_ctx", "4096", "--n_threads", str(max(1, (os.cpu_count() or 2))),
                 ]
                 p, proc = self._spawn("llm", cmd, "llm")
                 procs.append(p)
                 self._save(procs)
-                say(f"LLM: starting local SmolLM2-135M-Instruct server on {s.llm_base_url}")
+                say(f"LLM: starting local SmolLM2-135M-Instruct server on {local.base_url}")
                 wait_for_port(llm.hostname, llm.port, "local LLM server", 120, proc, Path(p.log))
-        else:
-            say(f"LLM: using {s.llm_base_url}")
+        chain = s.provider_chain
+        if len(chain) > 1:
+            say("LLM chain: " + " → ".join(f"{p.name} ({p.base_url})" for p in chain))
+        elif local is None:
+            say(f"LLM: using {chain[0].base_url}")
 
         current = [p for p in procs if p.role == "worker"]
         has_index_owner = any("--index" in p.cmd for p in current)

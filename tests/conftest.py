@@ -132,3 +132,40 @@ async def keel(tmp_path_factory, temporal_settings, fake_llm) -> KeelEnv:
     )
     yield env
     env.stack.down(say=lambda _: None)
+
+
+@pytest.fixture(scope="session")
+def fake_providers():
+    """Two fault-injecting providers on loopback: "primary" and "fallback" (served over
+    Anthropic's Messages protocol, so the adapter runs end to end)."""
+    with FakeOpenAI(model="primary-model") as primary, FakeOpenAI(model="fallback-model") as fallback:
+        yield primary, fallback
+
+
+@pytest.fixture(scope="session")
+async def chain_keel(tmp_path_factory, temporal_settings, fake_providers) -> KeelEnv:
+    """A deployment with a two-provider chain, a tenant with a budget, and the answer cache on."""
+    from keel.providers import ProviderConfig
+
+    primary, fallback = fake_providers
+    env = await start_env(
+        tmp_path_factory.mktemp("chain"),
+        temporal_settings,
+        "chain",
+        llm_start_local=False,
+        providers=[
+            ProviderConfig(
+                name="primary", base_url=primary.base_url, model="primary-model", timeout_seconds=1.5,
+                max_attempts=2, price_prompt_per_1k=0.01, price_completion_per_1k=0.03,
+                breaker_failures=3, breaker_cooldown_seconds=3, max_retry_after_seconds=10,
+            ),
+            ProviderConfig(
+                name="fallback", kind="anthropic", base_url=fallback.base_url, model="fallback-model",
+                timeout_seconds=5, price_prompt_per_1k=0.0001, price_completion_per_1k=0.0002, budget_fallback=True,
+            ),
+        ],
+        tenant_budgets={"frugal": 0.001},
+        cache_enabled=True,
+    )
+    yield env
+    env.stack.down(say=lambda _: None)

@@ -2,7 +2,8 @@
 
 ``FakeOpenAI`` is a *real* HTTP server bound to 127.0.0.1 that speaks the
 OpenAI chat-completions wire protocol (``POST /v1/chat/completions`` and
-``GET /v1/models``).  Each chat request consumes one scripted :class:`Step`
+``GET /v1/models``) and Anthropic's Messages API (``POST /v1/messages``, with
+tool use for JSON output).  Each chat request consumes one scripted :class:`Step`
 (FIFO); when the script is empty the server falls back to
 :attr:`FakeOpenAI.default`.  Steps can return normal answers or inject faults:
 429 with ``Retry-After``, 5xx/4xx errors, hangs, abrupt TCP resets, malformed
@@ -318,6 +319,32 @@ def error_body(status: int, message: str | None = None) -> dict:
     return {"error": {"message": message, "type": err_type, "param": None, "code": code}}
 
 
+_ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_error_body(status: int) -> dict:
+    """An Anthropic-style error envelope for ``status``."""
+    err_type = _ANTHROPIC_ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    return {"type": "error", "error": {"type": err_type, "message": f"Fake Anthropic injected HTTP {status} error."}}
+
+
+def _forced_tool(body: dict) -> dict | None:
+    """The tool an Anthropic request forces (``tool_choice: {"type": "tool"}``), if any."""
+    choice = body.get("tool_choice")
+    tools = body.get("tools")
+    if not isinstance(choice, dict) or choice.get("type") != "tool" or not isinstance(tools, list):
+        return None
+    return next((t for t in tools if isinstance(t, dict) and t.get("name") == choice.get("name")), None)
+
+
 # --------------------------------------------------------------------------- server
 
 
@@ -398,7 +425,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0].rstrip("/")
         try:
             raw = self._read_body()
-            if path not in ("/v1/chat/completions", "/chat/completions"):
+            anthropic = path in ("/v1/messages", "/messages")
+            if path not in ("/v1/chat/completions", "/chat/completions") and not anthropic:
                 self._send_json(404, error_body(404, f"Unknown path {self.path}"))
                 return
             try:
@@ -410,7 +438,10 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             fake._record(body)
             step = fake._next_step()
-            self._perform(step, body)
+            if anthropic:
+                self._perform_anthropic(step, body)
+            else:
+                self._perform(step, body)
         except (ConnectionError, OSError):
             self.close_connection = True
 
@@ -461,6 +492,65 @@ class _Handler(BaseHTTPRequestHandler):
             self._stream(body, content, delay)
         else:
             self._send_json(200, fake._completion(body, content))
+
+    def _perform_anthropic(self, step: Step, body: dict) -> None:
+        """The same steps in Anthropic's Messages dialect (errors, usage, tool-use output)."""
+        fake = self.server.fake
+        kind = step.kind
+        if kind is Fault.RESET:
+            self._abort_connection()
+            return
+        if kind is Fault.RATE_LIMITED:
+            headers = {"anthropic-ratelimit-requests-remaining": "0"}
+            if step.retry_after is not None:
+                headers["Retry-After"] = step.retry_after
+            self._send_json(429, anthropic_error_body(429), headers=headers)
+            return
+        if kind in (Fault.SERVER_ERROR, Fault.CLIENT_ERROR):
+            self._send_json(step.status, anthropic_error_body(step.status))
+            return
+        if kind is Fault.MALFORMED:
+            self._send_bytes(200, b'{"id": "msg_malformed", "type": "message", "content": [{"type": "te')
+            return
+        if kind in (Fault.HANG, Fault.SLOW_STREAM) and fake._sleep(step.seconds):
+            self.close_connection = True
+            return
+        tool = _forced_tool(body)
+        if kind is Fault.OK:
+            content: Any = step.content or ""
+        elif kind is Fault.EMPTY:
+            content = ""
+        elif kind is Fault.SCHEMA_VIOLATION:
+            content = dict(SCHEMA_VIOLATION_CONTENT)
+        elif tool is not None:  # ANSWER, HANG, SLOW_STREAM
+            words = _last_user_text(body).split()[:ANSWER_MAX_WORDS]
+            schema = tool.get("input_schema") or {}
+            content = _SchemaFaker(schema, " ".join(words) or FALLBACK_ANSWER).make(schema)
+        else:
+            content = FALLBACK_ANSWER
+        if isinstance(content, str) and tool is not None:
+            try:
+                parsed = json.loads(content)
+                content = parsed if isinstance(parsed, dict) else content
+            except ValueError:
+                pass
+        if isinstance(content, dict) and tool is not None:
+            block = {"type": "tool_use", "id": "toolu_" + uuid.uuid4().hex[:24], "name": tool["name"], "input": content}
+            text = json.dumps(content)
+        else:
+            text = content if isinstance(content, str) else json.dumps(content)
+            block = {"type": "text", "text": text}
+        prompt = _count_words(body.get("system") if isinstance(body.get("system"), str) else "") + _prompt_tokens(body)
+        self._send_json(200, {
+            "id": "msg_" + uuid.uuid4().hex[:24],
+            "type": "message",
+            "role": "assistant",
+            "model": body.get("model") if isinstance(body.get("model"), str) else fake.model,
+            "content": [block],
+            "stop_reason": "tool_use" if block["type"] == "tool_use" else "end_turn",
+            "stop_sequence": None,
+            "usage": {"input_tokens": prompt, "output_tokens": _count_words(text)},
+        })
 
     def _abort_connection(self) -> None:
         """Send a TCP RST: SO_LINGER(on, 0) then close the socket, no response."""
@@ -538,6 +628,7 @@ class FakeOpenAI:
         self.verbose = verbose
         self.default: Step = Step.answer()
         self.requests: list[dict] = []
+        self.arrivals: list[float] = []  # time.monotonic() of each request, same order
         self._queue: deque[Step] = deque()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -615,6 +706,7 @@ class FakeOpenAI:
         with self._lock:
             self._queue.clear()
             self.requests.clear()
+            self.arrivals.clear()
 
     @property
     def pending(self) -> int:
@@ -626,6 +718,7 @@ class FakeOpenAI:
     def _record(self, body: dict) -> None:
         with self._lock:
             self.requests.append(body)
+            self.arrivals.append(time.monotonic())
 
     def _next_step(self) -> Step:
         with self._lock:
