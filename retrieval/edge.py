@@ -93,6 +93,9 @@ def shard_config(dimensions: int, *, hnsw_m: int = 16, payload_m: int = 16):
             m=hnsw_m, ef_construct=100, full_scan_threshold=10_000, payload_m=payload_m, memory=cold
         ),
         payload_memory=cold,
+        # One search thread per shard: a query or count fans out over all shards anyway, and
+        # the default (one per CPU, per shard) put ~200 threads on 2 cores at 25 shards.
+        max_search_threads=1,
     )
 
 
@@ -317,25 +320,30 @@ class EdgeChunkIndex:
             active = self.shards[self.active]
             for start in range(0, len(points), _UPSERT_BATCH):
                 active.update(qe.UpdateOperation.upsert_points(points[start : start + _UPSERT_BATCH]))
-            removed = 0
-            for name, shard in self.shards.items():
-                removed += shard.count(qe.CountRequest(exact=True, filter=stale))
+            removed = active.count(qe.CountRequest(exact=True, filter=stale))
             active.update(qe.UpdateOperation.delete_points_by_filter(stale))
-            self._delete_from_sealed(whole, tenant, document_id)
+            removed += self._delete_from_sealed(whole, tenant, document_id, stale=stale)
             if self.shards[self.active].info().points_count >= self.seal_at_points:
                 self._seal()
             self._start_builder()
         return len(points), removed
 
-    def _delete_from_sealed(self, selector, tenant: str, document_id: str) -> None:
+    def _delete_from_sealed(self, selector, tenant: str, document_id: str, stale=None) -> int:
+        """Remove every copy of the document from the sealed shards. Returns how many points
+        were removed (only those matching ``stale``, when given: other versions)."""
         qe = _qe()
         # The current version lives in the active shard; sealed shards must not keep any copy.
+        # One count per sealed shard per write: the common case (a new document) stops there.
+        removed = 0
         for name in self.sealed:
             shard = self.shards[name]
-            if shard.count(qe.CountRequest(exact=True, filter=selector)):
+            found = shard.count(qe.CountRequest(exact=True, filter=selector))
+            if found:
+                removed += shard.count(qe.CountRequest(exact=True, filter=stale)) if stale is not None else found
                 shard.update(qe.UpdateOperation.delete_points_by_filter(selector))
                 if self._journal is not None and name in self._building:  # the copy still has it
                     self._journal.append((tenant, document_id))
+        return removed
 
     def _writer(self):
         with self._gate:
