@@ -2,8 +2,8 @@
 
 ``generate_answer`` runs on the provider's own task queue (``<queue>-llm-<provider>``), so
 each provider has its own concurrency slots and, optionally, a fleet-wide rate limit. Every
-attempt, failed or not, reports what it cost to the run it belongs to, to the tenant's ledger
-and (when its health changed) to the provider's circuit breaker, before it returns or raises:
+attempt, failed or not, reports what it cost to the run it belongs to and to the tenant's
+ledger, and a failed one to the provider's circuit breaker, before it returns or raises:
 Temporal's retries are never invisible in Keel's accounting.
 """
 
@@ -33,6 +33,7 @@ from keel.contracts import (
     ProviderHealthInput,
     ProviderHealthState,
     ProviderPlan,
+    ProviderReportInput,
     TenantBudgetInput,
     Usage,
 )
@@ -53,14 +54,12 @@ async def plan_llm_call(inp: PlanInput) -> LLMPlan:
     client = activity.client()
     period = budget_period(datetime.now(timezone.utc), s.budget_period)
     budget = s.tenant_budget(inp.tenant)
-    health, spend = await asyncio.gather(
-        asyncio.gather(
-            *(_query(client, provider_health_id(inp.entity_task_queue, p.name), "state", ProviderHealthState) for p in chain)
-        ),
-        _query(client, tenant_budget_id(inp.entity_task_queue, inp.tenant), "spend", PeriodSpend, period)
-        if budget is not None
-        else asyncio.sleep(0),
-    )
+    queue = inp.entity_task_queue
+    queries = [_query(client, provider_health_id(queue, p.name), "state", ProviderHealthState) for p in chain]
+    if budget is not None:
+        queries.append(_query(client, tenant_budget_id(queue, inp.tenant), "spend", PeriodSpend, period))
+    answers = await asyncio.gather(*queries)  # concurrently: one round trip on the happy path
+    health, spend = answers[: len(chain)], answers[len(chain)] if budget is not None else None
     return LLMPlan(
         providers=[_provider_plan(p, h) for p, h in zip(chain, health)],
         period=period,
@@ -130,15 +129,7 @@ async def generate_answer(inp: GenerateInput) -> GenerateOutput:
             attempt=attempt,
             retry_after_seconds=e.retry_after,
         )
-        health = HealthReport(
-            ok=False,
-            error_type=type(e).__name__,
-            message=e.message[:200],
-            retry_after_seconds=e.retry_after,
-            breaker_failures=provider.breaker_failures,
-            breaker_cooldown_seconds=provider.breaker_cooldown_seconds,
-            max_retry_after_seconds=provider.max_retry_after_seconds,
-        )
+        health = _health_report(provider, ok=False, error_type=type(e).__name__, message=e.message, retry_after=e.retry_after)
         await _report(inp, provider, record, health)
         raise to_application_error(
             e, attempt=attempt, max_retry_after=provider.max_retry_after_seconds, details=(record,)
@@ -153,14 +144,47 @@ async def generate_answer(inp: GenerateInput) -> GenerateOutput:
         call=inp.call,
         attempt=attempt,
     )
-    # A healthy provider's breaker hears nothing: the happy path costs no extra signal.
-    recovered = inp.provider_failures > 0 or attempt > 1
-    await _report(inp, provider, record, HealthReport(ok=True) if recovered else None)
+    # Whether the reply is an answer is for validation to say: the run reports that to the breaker.
+    await _report(inp, provider, record, None)
     return GenerateOutput(content=completion.content, model=completion.model, usage=usage, provider=provider.name, record=record)
 
 
+@activity.defn
+async def report_provider_health(inp: ProviderReportInput) -> None:
+    s = runtime().settings
+    provider = s.provider(inp.provider)
+    report = _health_report(provider, ok=inp.ok, error_type=inp.error_type, message=inp.message)
+    await _signal_health(activity.client(), inp.entity_task_queue, provider, report)
+
+
+def _health_report(
+    provider: ProviderConfig, *, ok: bool, error_type: str | None = None, message: str | None = None,
+    retry_after: float | None = None,
+) -> HealthReport:
+    return HealthReport(
+        ok=ok,
+        error_type=error_type,
+        message=(message or "")[:200] or None,
+        retry_after_seconds=retry_after,
+        breaker_failures=provider.breaker_failures,
+        breaker_cooldown_seconds=provider.breaker_cooldown_seconds,
+        max_retry_after_seconds=provider.max_retry_after_seconds,
+    )
+
+
+def _signal_health(client: Client, queue: str, provider: ProviderConfig, report: HealthReport):
+    return client.start_workflow(
+        "ProviderHealth",
+        ProviderHealthInput(state=ProviderHealthState(provider=provider.name)),
+        id=provider_health_id(queue, provider.name),
+        task_queue=queue,
+        start_signal="report",
+        start_signal_args=[report],
+    )
+
+
 async def _report(inp: GenerateInput, provider: ProviderConfig, record: ProviderAttempt, health: HealthReport | None) -> None:
-    """Tell the run, the tenant's ledger and the breaker about this attempt, concurrently.
+    """Tell the run, the tenant's ledger and (on a failure) the breaker about this attempt.
 
     A report that cannot be delivered is logged, not raised: failing the attempt would make
     Temporal call the provider again, which costs more than a missing line in a ledger.
@@ -183,20 +207,11 @@ async def _report(inp: GenerateInput, provider: ProviderConfig, record: Provider
             )
         )
     if health is not None and inp.entity_task_queue:
-        sends.append(
-            client.start_workflow(
-                "ProviderHealth",
-                ProviderHealthInput(state=ProviderHealthState(provider=provider.name)),
-                id=provider_health_id(inp.entity_task_queue, provider.name),
-                task_queue=inp.entity_task_queue,
-                start_signal="report",
-                start_signal_args=[health],
-            )
-        )
+        sends.append(_signal_health(client, inp.entity_task_queue, provider, health))
     for outcome in await asyncio.gather(*sends, return_exceptions=True):
         if isinstance(outcome, BaseException):
             activity.logger.warning("could not report an LLM attempt of %s: %s", provider.name, outcome)
 
 
 LLM_ACTIVITIES = [generate_answer]
-PLAN_ACTIVITIES = [plan_llm_call]
+PLAN_ACTIVITIES = [plan_llm_call, report_provider_health]

@@ -80,7 +80,9 @@ class AnswerCache:
     :param semantic_candidates: the newest entries of a tenant compared per semantic lookup.
     """
 
-    def __init__(self, path: Path, ttl_seconds: float, semantic_threshold: float = 0.95, semantic_candidates: int = 5000) -> None:
+    def __init__(
+        self, path: Path, ttl_seconds: float, semantic_threshold: float = 0.95, semantic_candidates: int = 5000
+    ) -> None:
         self.path = Path(path)
         self.ttl_seconds = ttl_seconds
         self.semantic_threshold = semantic_threshold
@@ -124,7 +126,9 @@ class AnswerCache:
         keys = [exact_key(tenant, m, prompt_version, question, chunk_ids) for m in models]
         with closing(self._connect()) as db:
             for key in keys:  # in chain order: the first provider's model first
-                row = db.execute("SELECT * FROM answers WHERE key = ? AND tenant = ? AND expires > ?", (key, tenant, now)).fetchone()
+                row = db.execute(
+                    "SELECT * FROM answers WHERE key = ? AND tenant = ? AND expires > ?", (key, tenant, now)
+                ).fetchone()
                 if row is not None:
                     return _entry(row)
         return None

@@ -185,7 +185,8 @@ def _llm_summary(result) -> str:
     tried = [a for a in result.provider_attempts if a.provider != result.provider or a.outcome.value != "answered"]
     line = f"llm: {who}, {result.model or '-'}, {tokens} tokens, ${result.cost_usd:.6f}"
     if tried:
-        line += f", {len(tried)} other attempt(s): " + ", ".join(f"{a.provider} {a.error_type or a.outcome.value}" for a in tried)
+        others = ", ".join(f"{a.provider} {a.error_type or a.outcome.value}" for a in tried)
+        line += f", {len(tried)} other attempt(s): {others}"
     for d in result.decisions:
         line += f"\n   policy: {d.detail}"
     return line

@@ -276,7 +276,6 @@ class GenerateInput:
     call: int = 0  # the run's n-th LLM call, to tell the attempts of two calls apart
     tenant: str = ""
     entity_task_queue: str = ""  # where the ledger and provider-health workflows run
-    provider_failures: int = 0  # failures in a row the provider had when the run planned
 
 
 @dataclass
@@ -431,6 +430,18 @@ class HealthReport:
     breaker_failures: int = 5
     breaker_cooldown_seconds: float = 30.0
     max_retry_after_seconds: float = 30.0
+
+
+@dataclass
+class ProviderReportInput:
+    """What a run tells a provider's breaker: a valid answer after failures, or a reply still
+    invalid after the repair re-ask (a drifting model counts like an outage)."""
+
+    provider: str
+    entity_task_queue: str
+    ok: bool
+    error_type: str | None = None
+    message: str | None = None
 
 
 @dataclass

@@ -190,7 +190,9 @@ class AnthropicClient(_HTTPClient):
         if system:
             body["system"] = system
         if json_schema is not None:
-            body["tools"] = [{"name": self.TOOL, "description": "Reply with the answer and the sources it cites.", "input_schema": json_schema}]
+            body["tools"] = [
+                {"name": self.TOOL, "description": "Reply with the answer and the sources it cites.", "input_schema": json_schema}
+            ]
             body["tool_choice"] = {"type": "tool", "name": self.TOOL}
         headers = {"anthropic-version": self.version}
         if self.api_key:
@@ -202,7 +204,8 @@ class AnthropicClient(_HTTPClient):
             data = response.json()
             blocks = data["content"]
             tool_inputs = [b["input"] for b in blocks if b.get("type") == "tool_use"]
-            content = json.dumps(tool_inputs[0]) if tool_inputs else "".join(b.get("text", "") for b in blocks if b.get("type") == "text")
+            text = "".join(b.get("text", "") for b in blocks if b.get("type") == "text")
+            content = json.dumps(tool_inputs[0]) if tool_inputs else text
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
             raise _unreadable(e, response, estimate) from None
         usage = data.get("usage") or {}

@@ -20,16 +20,19 @@ from keel.contracts import (
     ProviderPlan,
 )
 
+# A reply still invalid after the repair re-ask: a drifting model, reported by the run.
+INVALID_ANSWER = "InvalidAnswer"
 # Errors that say the provider, not the request, is in trouble: they count towards its breaker.
-BREAKER_ERRORS = frozenset({"LLMUnavailable", "LLMRateLimited", "LLMBadOutput"})
+BREAKER_ERRORS = frozenset({"LLMUnavailable", "LLMRateLimited", "LLMBadOutput", INVALID_ANSWER})
 
 
 def record_health(state: ProviderHealthState, report: HealthReport, now: datetime) -> ProviderHealthState:
     """The breaker's next state after one attempt.
 
-    A success closes it. A retryable failure counts; ``breaker_failures`` of them in a row open
-    it for ``breaker_cooldown_seconds`` (after which one run may try again: a failure then
-    re-opens it at once, since the count is still over the threshold). A 429 whose
+    A valid answer closes it. A retryable failure, or a reply still invalid after the repair
+    re-ask, counts; ``breaker_failures`` of them in a row open it for
+    ``breaker_cooldown_seconds`` (after which runs try it again: a failure then re-opens it at
+    once, since the count is still over the threshold). A 429 whose
     ``Retry-After`` is longer than the provider's ``max_retry_after_seconds`` opens it until
     then. Request errors (400/401/403/404/422) say nothing about the provider's health.
     """
@@ -85,7 +88,8 @@ def choose_chain(plan: LLMPlan, now: datetime) -> ChainChoice:
         spent = f"spent ${plan.tenant_spent_usd:.6f} of ${budget:.6f} in {plan.period}"
         candidates = [p for p in plan.providers if p.budget_fallback]
         if not candidates:
-            return ChainChoice([], [], decisions, refused=f"tenant budget exhausted ({spent}) and no budget_fallback provider is configured")
+            refused = f"tenant budget exhausted ({spent}) and no budget_fallback provider is configured"
+            return ChainChoice([], [], decisions, refused=refused)
         decisions.append(
             PolicyDecision(
                 DecisionKind.TENANT_BUDGET_EXHAUSTED,
@@ -104,7 +108,8 @@ def choose_chain(plan: LLMPlan, now: datetime) -> ChainChoice:
                     message=f"circuit open until {p.open_until.isoformat()} after {p.consecutive_failures} failures",
                 )
             )
-            decisions.append(PolicyDecision(DecisionKind.CIRCUIT_OPEN, f"{p.name} skipped: circuit open until {p.open_until.isoformat()}"))
+            detail = f"{p.name} skipped: circuit open until {p.open_until.isoformat()}"
+            decisions.append(PolicyDecision(DecisionKind.CIRCUIT_OPEN, detail))
         else:
             chain.append(p)
     return ChainChoice(chain, skipped, decisions)

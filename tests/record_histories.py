@@ -3,17 +3,25 @@
     keel up && python -m tests.record_histories
 
 Uses the embedded default's settings (``KEEL_*``), the sample corpus and the configured LLM.
+Then, on the same Temporal server, a second deployment with a chain of two fault-injecting
+providers records the LLM paths the local model never takes: retries, a fall-over to the next
+provider, a repair re-ask, and an answer-cache hit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from pathlib import Path
 
 from keel.config import KeelSettings
+from keel.contracts import HealthReport, ProviderHealthInput, ProviderHealthState
+from keel.providers import ProviderConfig, provider_health_id, tenant_budget_id
+from keel.stack import Stack
+from keel.testing.fake_openai import FakeOpenAI, Step
 from tests.conftest import CORPUS, KeelEnv
-from workflows import IngestDocument
+from workflows import AnswerQuestion, IngestDocument, ProviderHealth
 
 OUT = Path(__file__).parent / "histories"
 
@@ -39,12 +47,79 @@ async def main() -> None:
         "IngestDocument": env.client.get_workflow_handle(doc_id),
         "AnswerQuestion": ask_handle,
         "IndexStats": stats_handle,
+        # The ask charged the tenant's ledger.
+        "TenantBudget": env.client.get_workflow_handle(tenant_budget_id(settings.task_queue, tenant)),
+        "ProviderHealth": await provider_outage_and_recovery(env, settings),
     }
+    handles.update(await chain_histories(env.client, settings))
     OUT.mkdir(exist_ok=True)
     for name, handle in handles.items():
         history = await handle.fetch_history()
         (OUT / f"{name}.json").write_text(history.to_json())
         print(f"recorded {name}: {len(history.events)} events")
+
+
+async def provider_outage_and_recovery(env: KeelEnv, settings: KeelSettings):
+    """A breaker that opens (two failures of a provider that trips at two) and closes again."""
+    name = f"histories-{uuid.uuid4().hex[:6]}"
+    failure = HealthReport(ok=False, error_type="LLMUnavailable", message="503", breaker_failures=2)
+    handle = await env.client.start_workflow(
+        ProviderHealth.run,
+        ProviderHealthInput(state=ProviderHealthState(provider=name)),
+        id=provider_health_id(settings.task_queue, name),
+        task_queue=settings.task_queue,
+        start_signal="report",
+        start_signal_args=[failure],
+    )
+    await handle.signal(ProviderHealth.report, failure)
+    assert (await handle.query(ProviderHealth.state)).open_until is not None
+    await handle.signal(ProviderHealth.report, HealthReport(ok=True))
+    await handle.signal(ProviderHealth.reset)
+    assert (await handle.query(ProviderHealth.state)).consecutive_failures == 0
+    return handle
+
+
+async def chain_histories(client, settings: KeelSettings) -> dict:
+    with FakeOpenAI(model="flaky-model") as flaky, FakeOpenAI(model="backup-model") as backup:
+        queue = f"histories-chain-{uuid.uuid4().hex[:6]}"
+        chain = KeelSettings(
+            data_dir=settings.data_dir / queue,
+            temporal_address=settings.temporal_address,
+            temporal_namespace=settings.temporal_namespace,
+            task_queue=queue,
+            index_task_queue=f"{queue}-index",
+            llm_start_local=False,
+            cache_enabled=True,
+            providers=[
+                ProviderConfig(name="flaky", base_url=flaky.base_url, model="flaky-model", max_attempts=2,
+                               timeout_seconds=5, price_prompt_per_1k=0.01, price_completion_per_1k=0.03),
+                ProviderConfig(name="backup", kind="anthropic", base_url=backup.base_url, model="backup-model",
+                               timeout_seconds=5),
+            ],
+        )
+        stack = Stack(chain)
+        stack.up(workers=1, say=print)
+        try:
+            env = KeelEnv(settings=chain, stack=stack, client=client)
+            await env.ingest([CORPUS / "history.txt"], "histories")
+            flaky.script(Step.server_error(503), Step.server_error(503))  # both attempts: fall over
+            backup.script(Step.schema_violation(), Step.answer())  # the repair re-ask validates
+            question = "When was Greyhaven Point Light first lit?"
+            fallover, result = await ask(env, question)
+            assert result.provider == "backup" and result.attempts == 3, result
+            cached, result = await ask(env, question)
+            assert result.cache == "exact", result
+            return {"AnswerQuestion.fallover": fallover, "AnswerQuestion.cachehit": cached}
+        finally:
+            stack.down(say=print)
+
+
+async def ask(env: KeelEnv, question: str):
+    inp = dataclasses.replace(env.settings.ask_input("histories", question), use_cache=True)
+    handle = await env.client.start_workflow(
+        AnswerQuestion.run, inp, id=env.workflow_id("ask"), task_queue=env.settings.task_queue
+    )
+    return handle, await handle.result()
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from keel.answer_cache import AnswerCache, CachedAnswer
 from keel.search_attributes import KEEL_CACHE, KEEL_COST_USD
 from keel.testing.fake_openai import Step
 from tests.conftest import KeelEnv
-from tests.llm_helpers import QUESTION, ask, ingest_history, reset_providers
+from tests.llm_helpers import ask, ingest_history, reset_providers
 
 
 # --- the store ----------------------------------------------------------------------------------

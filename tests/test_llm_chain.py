@@ -153,6 +153,18 @@ async def test_the_circuit_opens_after_repeated_failures_and_closes_after_the_co
     assert recovered.provider == "primary" and len(primary.requests) == tried + 1
 
 
+async def test_a_provider_whose_replies_stay_invalid_is_skipped_like_an_outage(env, fake_providers):
+    primary, fallback = fake_providers
+    primary.default = Step.schema_violation()  # a drifting model: every reply breaks the schema
+    for _ in range(3):  # answer + repair each, then the fallback; breaker_failures is 3
+        result, _ = await ask(env, TENANT)
+        assert result.provider == "fallback" and not result.degraded
+    assert len(primary.requests) == 6
+    skipped, _ = await ask(env, TENANT)
+    assert len(primary.requests) == 6
+    assert outcomes(skipped, "primary") == [(AttemptOutcome.SKIPPED, "CircuitOpen")]
+
+
 async def test_budget_exhaustion_switches_to_the_budget_provider(env, fake_providers):
     primary, fallback = fake_providers
     first, _ = await ask(env, "frugal")  # costs more than the tenant's $0.001

@@ -12,7 +12,7 @@ from keel import answering, errors
 from keel.config import KeelSettings
 from keel.contracts import AttemptOutcome, DecisionKind, HealthReport, LLMPlan, ProviderHealthState, ProviderPlan
 from keel.llm import AnthropicClient
-from keel.llm_policy import budget_period, choose_chain, record_health
+from keel.llm_policy import INVALID_ANSWER, budget_period, choose_chain, record_health
 from keel.providers import ProviderConfig, ProviderKind
 from keel.stack import settings_env
 from keel.testing.fake_openai import FakeOpenAI, Step
@@ -45,6 +45,12 @@ def test_a_long_retry_after_opens_the_breaker_until_then():
     assert state.open_until == NOW + timedelta(seconds=120)
     short = HealthReport(ok=False, error_type="LLMRateLimited", retry_after_seconds=2, max_retry_after_seconds=30)
     assert record_health(ProviderHealthState("p"), short, NOW).open_until is None
+
+
+def test_replies_still_invalid_after_the_repair_count_like_failures():
+    drift = HealthReport(ok=False, error_type=INVALID_ANSWER, breaker_failures=2)
+    state = record_health(record_health(ProviderHealthState("p"), drift, NOW), drift, NOW)
+    assert state.open_until is not None and state.last_error.startswith("InvalidAnswer")
 
 
 def test_request_errors_say_nothing_about_a_providers_health():
@@ -123,7 +129,8 @@ def test_the_llm_settings_are_a_one_provider_chain(monkeypatch):
     monkeypatch.setenv("KEEL_LLM_API_KEY", "sk-1")
     monkeypatch.setenv("KEEL_LLM_TIMEOUT_SECONDS", "7")
     [p] = KeelSettings().provider_chain
-    assert (p.name, p.base_url, p.model, p.api_key, p.timeout_seconds) == ("default", "https://api.example.com/v1", "m1", "sk-1", 7)
+    assert (p.name, p.base_url, p.model, p.api_key) == ("default", "https://api.example.com/v1", "m1", "sk-1")
+    assert p.timeout_seconds == 7
     assert p.response_format.value == "json_schema"
     local = KeelSettings(llm_base_url="http://127.0.0.1:8088/v1")
     assert local.local_llm_provider is not None and local.provider_chain[0].response_format.value == "json_object"

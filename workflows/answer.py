@@ -29,7 +29,7 @@ with workflow.unsafe.imports_passed_through():
         ScrubTextInput,
         Usage,
     )
-    from keel.errors import NON_RETRYABLE
+    from keel.errors import NON_RETRYABLE, BudgetExceeded
     from keel.search_attributes import KEEL_CACHE, KEEL_COST_USD, KEEL_MODEL, KEEL_TENANT, KEEL_TOKENS
     from workflows.llm_chain import ProviderChain
 
@@ -124,7 +124,7 @@ class AnswerQuestion:
         self._chain.decisions = choice.decisions
         if choice.refused:
             self._finish(result)
-            raise ApplicationError(choice.refused, type="BudgetExceeded", non_retryable=True)
+            raise ApplicationError(choice.refused, type=BudgetExceeded.__name__, non_retryable=True)
 
         answered = await self._chain.answer(inp, scrubbed.text, chunks, choice.providers)
         result.attempts = self._chain.calls

@@ -4,7 +4,8 @@ Per provider: one ``generate_answer`` call with the provider's own retry policy 
 retries 429s after ``Retry-After`` and outages after a jittered backoff), then validation and
 one repair re-ask. The chain moves to the next provider when the call fails for good (retries
 spent, a non-retryable 4xx, a ``Retry-After`` too long to wait) or when the provider's reply
-is still invalid after the repair. There is no retry loop here: each step is one activity.
+is still invalid after the repair, which also counts towards the provider's circuit breaker.
+There is no retry loop here: each step is one activity.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.answer import validate_answer
-    from activities.llm import generate_answer
+    from activities.llm import generate_answer, report_provider_health
     from keel import llm_policy
+    from keel.llm_policy import INVALID_ANSWER
     from keel.contracts import (
         AskInput,
         AttemptOutcome,
@@ -31,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         PolicyDecision,
         ProviderAttempt,
         ProviderPlan,
+        ProviderReportInput,
         RetrievedChunk,
         Usage,
         ValidateInput,
@@ -41,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.ingest import failure_reason
 
 VALIDATE_RETRY = RetryPolicy(maximum_attempts=5, non_retryable_error_types=NON_RETRYABLE)
+REPORT_RETRY = RetryPolicy(maximum_attempts=3)  # the breaker is advice: never hold a run for it
 
 
 def llm_retry(provider: ProviderPlan) -> RetryPolicy:
@@ -96,7 +100,9 @@ class ProviderChain:
     def cost_usd(self) -> float:
         return float(round(sum(a.cost_usd for a in self._attempts.values()), 8))
 
-    async def answer(self, inp: AskInput, question: str, chunks: list[RetrievedChunk], chain: list[ProviderPlan]) -> ChainAnswer:
+    async def answer(
+        self, inp: AskInput, question: str, chunks: list[RetrievedChunk], chain: list[ProviderPlan]
+    ) -> ChainAnswer:
         out = ChainAnswer(validation=ValidateOutput(valid=False))
         for provider in chain:
             request = GenerateInput(
@@ -106,9 +112,8 @@ class ProviderChain:
                 provider=provider.name,
                 tenant=inp.tenant,
                 entity_task_queue=workflow.info().task_queue,
-                provider_failures=provider.consecutive_failures,
             )
-            reason = ""
+            reason, invalid = "", False
             for _ in range(2):  # the answer, then one repair re-ask with the validation errors
                 if not llm_policy.run_budget_left(inp.max_cost_usd, self.cost_usd):
                     detail = f"run spent ${self.cost_usd:.6f} of its ${inp.max_cost_usd:.6f} budget: no further LLM call"
@@ -118,7 +123,7 @@ class ProviderChain:
                 try:
                     generated = await self._generate(request, provider)
                 except ActivityError as e:
-                    reason = "LLM failed: {}: {}".format(*failure_reason(e))
+                    reason, invalid = "LLM failed: {}: {}".format(*failure_reason(e)), False
                     break
                 out.model = generated.model
                 validation = await workflow.execute_activity(
@@ -130,11 +135,31 @@ class ProviderChain:
                 self._mark(generated, AttemptOutcome.ANSWERED if validation.valid else AttemptOutcome.INVALID)
                 if validation.valid:
                     out.validation, out.provider = validation, provider.name
+                    # Only a provider known to have failed hears about it: the happy path adds nothing.
+                    if provider.consecutive_failures or self._failed(provider.name):
+                        await self._report(ProviderReportInput(provider.name, workflow.info().task_queue, ok=True))
                     return out
-                reason = "invalid answer after repair: " + "; ".join(validation.errors)
+                reason, invalid = "invalid answer after repair: " + "; ".join(validation.errors), True
                 request = dataclasses.replace(request, repair_errors=validation.errors, previous_output=generated.content)
+            if invalid:
+                await self._report(
+                    ProviderReportInput(
+                        provider.name, workflow.info().task_queue, ok=False, error_type=INVALID_ANSWER, message=reason
+                    )
+                )
             out.reasons.append((provider.name, reason))
         return out
+
+    def _failed(self, provider: str) -> bool:
+        return any(a.provider == provider and a.outcome is AttemptOutcome.FAILED for a in self._attempts.values())
+
+    async def _report(self, report: ProviderReportInput) -> None:
+        try:
+            await workflow.execute_activity(
+                report_provider_health, report, start_to_close_timeout=timedelta(seconds=30), retry_policy=REPORT_RETRY
+            )
+        except ActivityError:
+            workflow.logger.warning("could not report %s's health", report.provider)
 
     async def _generate(self, request: GenerateInput, provider: ProviderPlan) -> GenerateOutput:
         self.calls += 1

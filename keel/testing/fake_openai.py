@@ -774,6 +774,7 @@ _CLI_FAULTS = {
     "500": lambda a: Step.server_error(500),
     "502": lambda a: Step.server_error(502),
     "503": lambda a: Step.server_error(503),
+    "529": lambda a: Step.server_error(529),  # Anthropic's "overloaded"
     "400": lambda a: Step.client_error(400),
     "401": lambda a: Step.client_error(401),
     "hang": lambda a: Step.hang(a.hang_seconds),
