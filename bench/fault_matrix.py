@@ -1,6 +1,7 @@
 """Fault matrix: every fault kind against a chain of [faulty provider → healthy provider].
 
     .venv/bin/python bench/fault_matrix.py [--runs 20] [--concurrency 5] [--faults 429,500,...]
+    .venv/bin/python bench/fault_matrix.py --no-fallback    # the faulty provider alone
 
 Starts its own Temporal dev server (or uses ``--temporal-address``), two fault-injecting
 providers on loopback and one Keel worker (the same ``Stack`` code as ``keel up``), ingests one
@@ -110,7 +111,7 @@ async def one_run(client: Client, settings: KeelSettings, question: str, deadlin
     retries = sum(1 for a in tried if a.attempt > 1)
     if result.answerable and not result.degraded:
         return Outcome("answered", seconds, result.provider != "faulty", retries, len(tried))
-    types = sorted({a.error_type or a.outcome.value for a in tried}) or ["no provider"]
+    types = sorted({a.error_type or a.outcome.value for a in result.provider_attempts})  # CircuitOpen: skipped
     return Outcome("typed_failure", seconds, False, retries, len(tried), "/".join(types))
 
 
@@ -127,6 +128,7 @@ async def main() -> int:
     parser.add_argument("--deadline", type=float, default=180.0, help="a run still open after this is stuck")
     parser.add_argument("--faults", default="all", help="comma-separated subset of: " + ",".join(fault_steps(1)))
     parser.add_argument("--temporal-address", help="use this server (e.g. keel up's 127.0.0.1:7233)")
+    parser.add_argument("--no-fallback", action="store_true", help="the faulty provider alone: runs end typed")
     args = parser.parse_args()
     steps = fault_steps(args.timeout)
     kinds = list(steps) if args.faults == "all" else args.faults.split(",")
@@ -152,7 +154,7 @@ async def main() -> int:
                                timeout_seconds=args.timeout, max_attempts=3, max_concurrency=args.concurrency),
                 ProviderConfig(name="healthy", base_url=healthy.base_url, model="healthy-model",
                                timeout_seconds=30, max_concurrency=args.concurrency),
-            ],
+            ][: 1 if args.no_fallback else 2],
         )
         stack = Stack(settings)
         stack.up(workers=1, say=lambda _: None)
@@ -193,7 +195,7 @@ async def main() -> int:
     }))
     stuck = sum(o.state == "stuck" for o in everything)
     unanswered = [k for k, outcomes in table.items() if any(o.state != "answered" for o in outcomes)]
-    return 1 if stuck or unanswered else 0
+    return 1 if stuck or (unanswered and not args.no_fallback) else 0
 
 
 async def close_circuit(client: Client, queue: str) -> None:
