@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import shutil
 import socket
 import sys
 import tempfile
@@ -182,6 +183,7 @@ async def main() -> int:
             stack.down(say=lambda _: None)
             if server is not None:
                 server.down(say=lambda _: None)
+            shutil.rmtree(data_dir, ignore_errors=True)
 
     everything = [o for outcomes in table.values() for o in outcomes]
     print(json.dumps({
