@@ -273,6 +273,7 @@ def run_backend(backend: str, n: int, base: Path, corpus: Corpus, args) -> dict:
                 "max_swap_load_s": max((c.get("load_s", 0) for c in log), default=0),
                 "max_swap_s": max((c.get("swap_s", 0) for c in log), default=0),
                 "max_shard_points": max((c.get("points", 0) for c in log), default=0),
+                "max_build_peak_rss_mb": max((c.get("child", {}).get("peak_rss_mb") or 0 for c in log), default=0),
             }
         marker.write_text(json.dumps(out))
     else:

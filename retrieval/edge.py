@@ -676,12 +676,12 @@ def _build_main() -> None:
     shard.flush()
     info = shard.info()
     shard.close()
-    try:
-        import resource
-
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    except Exception:  # pragma: no cover
-        peak_mb = None
+    # VmHWM, not ru_maxrss: Linux carries the forking parent's peak across exec into ru_maxrss.
+    peak_mb = None
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                peak_mb = round(int(line.split()[1]) / 1024, 1)
     print(json.dumps({
         "merged_points": merged, "merge_s": round(t1 - t0, 3), "optimize_s": round(t2 - t1, 3),
         "optimized": optimized, "segments": info.segments_count, "points": info.points_count,
