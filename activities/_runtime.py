@@ -14,47 +14,47 @@ from typing import Any
 
 from keel.blobs import BlobStore
 from keel.config import KeelSettings
+from keel.types import EmbeddingSpec
 
 
 class Runtime:
     def __init__(self, settings: KeelSettings) -> None:
         self.settings = settings
         self.blobs = BlobStore(settings.blob_dir)
-        # The embedded Qdrant store is not safe for concurrent writers; serialise index access.
-        self.index_lock = threading.Lock()
+        self.client = None  # the worker's Temporal client (KeelPlugin sets it): local activities use it
         self._lock = threading.Lock()
         self._built: dict[str, Any] = {}
 
-    def _once(self, name: str, build: Callable[[], Any]) -> Any:
+    def once(self, name: str, build: Callable[[], Any]) -> Any:
         # Activities run in a thread pool: two first calls must not load a model twice.
         with self._lock:
             if name not in self._built:
                 self._built[name] = build()
             return self._built[name]
 
-    @property
-    def embedder(self):
-        from ingestion.embedding import Embedder
+    def embedder(self, spec: EmbeddingSpec | None = None):
+        from keel.ingestion.embedding import Embedder
 
-        return self._once("embedder", lambda: Embedder(batch_size=self.settings.embed_batch_size))
+        model = (spec or self.settings.embedding_spec).model
+        return self.once(f"embedder:{model}", lambda: Embedder(model, batch_size=self.settings.embed_batch_size))
 
     @property
     def scrubber(self):
-        from ingestion.pii import PIIScrubber
+        from keel.ingestion.pii import PIIScrubber
 
-        return self._once("scrubber", lambda: PIIScrubber(score_threshold=self.settings.pii_score_threshold))
+        return self.once("scrubber", PIIScrubber)
 
     @property
     def index(self):
-        return self._once("index", self._open_index)
+        return self.once("index", self._open_index)
 
     def _open_index(self):
         s = self.settings
         if s.qdrant_url is None and s.embedded_engine == "edge":
-            from retrieval.edge import EdgeChunkIndex
+            from keel.retrieval.edge import EdgeChunkIndex
 
             return EdgeChunkIndex(path=s.index_path, collection=s.collection)
-        from retrieval.store import ChunkIndex
+        from keel.retrieval.store import ChunkIndex
 
         return ChunkIndex(path=s.index_path, url=s.qdrant_url, api_key=s.qdrant_api_key, collection=s.collection)
 
@@ -70,9 +70,20 @@ _runtime: Runtime | None = None
 
 
 def runtime() -> Runtime:
+    """This process's runtime, with the settings ``KeelPlugin`` configured (else ``KEEL_*``)."""
     global _runtime
     if _runtime is None:
         _runtime = Runtime(KeelSettings())
+    return _runtime
+
+
+def configure(settings: KeelSettings) -> Runtime:
+    """Use ``settings`` in this process from now on (``KeelPlugin`` calls it)."""
+    global _runtime
+    if _runtime is None or _runtime.settings != settings:
+        if _runtime is not None:
+            _runtime.close()
+        _runtime = Runtime(settings)
     return _runtime
 
 
@@ -90,6 +101,8 @@ def heartbeating(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
     @functools.wraps(fn)
     def wrapper(inp):
+        if not activity.in_activity():  # called in-process (a step outside a workflow)
+            return fn(inp)
         context = contextvars.copy_context()
         done = threading.Event()
 

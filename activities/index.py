@@ -1,88 +1,132 @@
-"""Index and search activities. With the embedded store they run only on the index task queue,
-served by the one worker process that owns the store."""
+"""Index and search activities. With an embedded store they run only on the index task queue,
+served by the one worker process that owns the store. Each index backend handles its own
+concurrency (Edge: queries share, writers serialise; qdrant-client local mode: one lock), so a
+query never waits behind another document's upsert here.
+"""
 
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass, field
 
 import numpy as np
 from temporalio import activity
 
-from activities._runtime import heartbeating, runtime
-from keel.contracts import (
-    IndexedVersionsInput,
-    IndexedVersionsOutput,
-    IndexInput,
-    IndexOutput,
-    IndexStatsInput,
-    IndexStatsOutput,
-    RetrievedChunk,
-    RetrieveInput,
-    RetrieveOutput,
-)
+from keel.activities._runtime import heartbeating, runtime
 from keel.errors import KeelError, to_application_error
+from keel.types import Chunks, EmbeddingSpec, Filters, IndexResult, RetrievalSettings, SearchResult, Vectors
 
 
-@activity.defn
+@dataclass
+class IndexDocumentInput:
+    tenant: str
+    document_id: str
+    chunks: Chunks
+    vectors: Vectors
+    source: str = ""
+    version: str = ""  # names this version: other versions of the document are removed
+    tags: list[str] = field(default_factory=list)
+    date: str | None = None
+
+
+@activity.defn(name="keel.index_document")
 @heartbeating
-def index_chunks(inp: IndexInput) -> IndexOutput:
+def index_document(inp: IndexDocumentInput) -> IndexResult:
     rt = runtime()
-    chunks = rt.blobs.get_json(inp.chunks_key)
-    vectors = np.load(io.BytesIO(rt.blobs.get(inp.vectors_key)), allow_pickle=False)
-    with rt.index_lock:
+    chunks = rt.blobs.get_json(inp.chunks.key)
+    vectors = np.load(io.BytesIO(rt.blobs.get(inp.vectors.key)), allow_pickle=False)
+    try:
         upserted, removed = rt.index.replace_document(
             tenant=inp.tenant,
             document_id=inp.document_id,
-            source=inp.source,
-            content_hash=inp.content_hash,
+            source=inp.source or inp.document_id,
+            content_hash=inp.version or inp.chunks.key,
             chunks=chunks,
             vectors=vectors,
             tags=inp.tags,
             date=inp.date,
         )
-    return IndexOutput(upserted=upserted, removed_stale=removed)
-
-
-@activity.defn
-@heartbeating
-def retrieve(inp: RetrieveInput) -> RetrieveOutput:
-    from retrieval.store import SearchFilters
-
-    rt = runtime()
-    f = inp.filters
-    filters = SearchFilters(source=f.source, tags=tuple(f.tags), date_from=f.date_from, date_to=f.date_to) if f else None
-    vector = rt.embedder.embed_query(inp.query)
-    try:
-        with rt.index_lock:
-            hits = rt.index.search(
-                inp.tenant, inp.query, vector, top_k=inp.top_k, prefetch_k=inp.prefetch_k, filters=filters
-            )
     except KeelError as e:
         raise to_application_error(e) from None
-    return RetrieveOutput(
-        chunks=[RetrievedChunk(h.chunk_id, h.source, h.text, round(h.score, 4), round(h.fused_score, 4)) for h in hits],
-        embedding_model=rt.settings.embedding_model,
-    )
+    return IndexResult(upserted=upserted, removed_stale=removed)
 
 
-@activity.defn
+@dataclass
+class DeleteDocumentInput:
+    tenant: str
+    document_id: str
+
+
+@activity.defn(name="keel.delete_document")
 @heartbeating
-def indexed_versions(inp: IndexedVersionsInput) -> IndexedVersionsOutput:
-    rt = runtime()
-    with rt.index_lock:
-        return IndexedVersionsOutput(content_hashes=rt.index.indexed_versions(inp.tenant, inp.document_ids))
-
-
-@activity.defn
-@heartbeating
-def index_stats(inp: IndexStatsInput) -> IndexStatsOutput:
-    rt = runtime()
+def delete_document(inp: DeleteDocumentInput) -> None:
     try:
-        with rt.index_lock:
-            stats = rt.index.stats(inp.tenant)
+        runtime().index.delete_document(inp.tenant, inp.document_id)
+    except KeelError as e:
+        raise to_application_error(e) from None
+
+
+@dataclass
+class SearchInput:
+    tenant: str
+    query: str
+    settings: RetrievalSettings | None = None  # None: the worker's defaults
+    filters: Filters | None = None
+    embedding: EmbeddingSpec | None = None
+
+
+@activity.defn(name="keel.hybrid_search")
+def hybrid_search(inp: SearchInput) -> SearchResult:
+    rt = runtime()
+    settings = inp.settings or rt.settings.retrieval_settings
+    spec = inp.embedding or rt.settings.embedding_spec
+    try:
+        vector = rt.embedder(spec).embed_query(inp.query)
+        hits = rt.index.search(
+            inp.tenant, inp.query, vector, top_k=settings.top_k, prefetch_k=settings.prefetch_k, filters=inp.filters
+        )
+    except KeelError as e:
+        raise to_application_error(e) from None
+    for h in hits:
+        h.score, h.fused_score = round(h.score, 4), round(h.fused_score, 4)
+    return SearchResult(hits=hits, embedding_model=spec.model, settings=settings, filters=inp.filters)
+
+
+@dataclass
+class IndexedVersionsInput:
+    tenant: str
+    document_ids: list[str]
+
+
+@dataclass
+class IndexedVersions:
+    versions: dict[str, str]  # document id -> version of the indexed copy
+
+
+@activity.defn(name="keel.indexed_versions")
+@heartbeating
+def indexed_versions(inp: IndexedVersionsInput) -> IndexedVersions:
+    return IndexedVersions(versions=runtime().index.indexed_versions(inp.tenant, inp.document_ids))
+
+
+@dataclass
+class IndexStatsInput:
+    tenant: str
+
+
+@dataclass
+class IndexStatsOutput:
+    documents: int
+    chunks: int
+
+
+@activity.defn(name="keel.index_stats")
+def index_stats(inp: IndexStatsInput) -> IndexStatsOutput:
+    try:
+        stats = runtime().index.stats(inp.tenant)
     except KeelError as e:
         raise to_application_error(e) from None
     return IndexStatsOutput(**stats)
 
 
-INDEX_ACTIVITIES = [index_chunks, indexed_versions, retrieve, index_stats]
+INDEX_ACTIVITIES = [index_document, delete_document, hybrid_search, indexed_versions, index_stats]

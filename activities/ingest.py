@@ -1,41 +1,75 @@
-"""Ingestion activities: thin adapters from Temporal to ``ingestion/``.
+"""Ingestion activities: thin adapters from Temporal to ``keel.ingestion``.
 
 Each reads its input from the blob store by key and writes its output there, so only keys and
-counts enter workflow history. All are idempotent: blob keys are content hashes.
+counts enter workflow history. All are idempotent: blob keys are content hashes. Call them
+through :mod:`keel.steps`, which picks their options and works outside a workflow too.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
 import os
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from temporalio import activity
 
-from activities._runtime import heartbeating, runtime
-from keel.contracts import (
-    ChunkInput,
-    ChunkOutput,
-    DocumentEntry,
-    EmbedInput,
-    EmbedOutput,
-    ListDocumentsInput,
-    ListDocumentsOutput,
-    ManifestPage,
-    ManifestPageInput,
-    PartitionInput,
-    PartitionOutput,
-    ScrubDocumentInput,
-    ScrubDocumentOutput,
-)
+from keel.activities._runtime import heartbeating, runtime
 from keel.errors import KeelError, to_application_error
-
+from keel.types import ChunkSpec, Chunks, ChunkText, Elements, EmbeddingSpec, PIIPolicy, ScrubbedText, Vectors
 
 META_SUFFIX = ".meta.json"
+
+
+# --- listing a corpus ------------------------------------------------------------------------
+
+
+@dataclass
+class ListDocumentsInput:
+    tenant: str
+    paths: list[str]
+    # Metadata for every listed document; a ``<file>.meta.json`` beside a file adds to it.
+    tags: list[str] = field(default_factory=list)
+    date: str | None = None
+
+
+@dataclass
+class DocumentEntry:
+    path: str
+    document_id: str  # stable per (tenant, path): a changed file replaces its old chunks
+    content_hash: str  # also the blob key of the file's bytes
+    size: int
+    tags: list[str] = field(default_factory=list)
+    date: str | None = None  # ISO date
+    # Names what gets indexed: the content hash, or a hash of it and the metadata when there is any.
+    version: str = ""
+    metadata_error: str | None = None  # an unreadable .meta.json: this document fails, typed
+
+    @property
+    def indexed_version(self) -> str:
+        return self.version or self.content_hash
+
+
+@dataclass
+class Manifest:
+    key: str  # blob: list[DocumentEntry] as dicts
+    count: int
+
+
+@dataclass
+class ManifestPageInput:
+    manifest: Manifest
+    offset: int
+    limit: int
+
+
+@dataclass
+class ManifestPage:
+    entries: list[DocumentEntry]
 
 
 def _expand(paths: list[str]) -> list[Path]:
@@ -55,9 +89,9 @@ def _expand(paths: list[str]) -> list[Path]:
     return list(dict.fromkeys(files))  # a path named twice is one document
 
 
-@activity.defn
+@activity.defn(name="keel.list_documents")
 @heartbeating
-def list_documents(inp: ListDocumentsInput) -> ListDocumentsOutput:
+def list_documents(inp: ListDocumentsInput) -> Manifest:
     """Snapshot the files into the blob store and write the manifest of (path, content hash).
 
     Copying makes the run independent of later edits to the files: every step of a document
@@ -74,13 +108,13 @@ def list_documents(inp: ListDocumentsInput) -> ListDocumentsOutput:
         entry.tags, entry.date = tags, date
         entry.version = metadata_version(entry.content_hash, tags, date)
         entries.append(asdict(entry))
-    return ListDocumentsOutput(manifest_key=rt.blobs.put_json(entries), count=len(entries))
+    return Manifest(key=rt.blobs.put_json(entries), count=len(entries))
 
 
 def document_metadata(path: Path, tags: list[str], date: str | None) -> tuple[list[str], str | None, str | None]:
     """(tags, date, error) of one document: the run's metadata plus its ``.meta.json`` sidecar
     (``{"tags": [...], "date": "YYYY-MM-DD"}``: tags are added, the date replaces the run's)."""
-    from retrieval.store import date_ts
+    from keel.types import date_ts
 
     tags = sorted(set(tags))
     sidecar = path.with_name(path.name + META_SUFFIX)
@@ -110,69 +144,140 @@ def metadata_version(content_hash: str, tags: list[str], date: str | None) -> st
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-@activity.defn
-def read_manifest_page(inp: ManifestPageInput) -> ManifestPage:
-    entries = runtime().blobs.get_json(inp.manifest_key)[inp.offset : inp.offset + inp.limit]
-    return ManifestPage(entries=[DocumentEntry(**e) for e in entries])
-
-
-@activity.defn
-@heartbeating
-def partition_document(inp: PartitionInput) -> PartitionOutput:
-    from ingestion.partition import partition_document as partition
-
-    rt = runtime()
-    try:
-        elements = partition(rt.blobs.get(inp.content_hash), Path(inp.path).name, max_bytes=rt.settings.max_document_bytes)
-    except KeelError as e:
-        raise to_application_error(e) from None
-    return PartitionOutput(
-        elements_key=rt.blobs.put_json(elements),
-        elements=len(elements),
-        characters=sum(len(e["text"]) for e in elements),
-    )
-
-
-@activity.defn
-@heartbeating
-def scrub_document(inp: ScrubDocumentInput) -> ScrubDocumentOutput:
-    rt = runtime()
-    elements = rt.blobs.get_json(inp.elements_key)
-    if not rt.settings.pii_enabled:
-        return ScrubDocumentOutput(elements_key=inp.elements_key, pii_counts={})
-    scrubbed, counts = rt.scrubber.scrub_many([e["text"] for e in elements])
-    for element, text in zip(elements, scrubbed):
-        element["text"] = text
-    return ScrubDocumentOutput(elements_key=rt.blobs.put_json(elements), pii_counts=counts)
-
-
-@activity.defn
-@heartbeating
-def chunk_document(inp: ChunkInput) -> ChunkOutput:
-    from ingestion.chunking import chunk_elements
-
-    rt = runtime()
-    s = rt.settings
-    chunks = chunk_elements(
-        rt.blobs.get_json(inp.elements_key), max_tokens=s.chunk_max_tokens, overlap_tokens=s.chunk_overlap_tokens
-    )
-    return ChunkOutput(chunks_key=rt.blobs.put_json(chunks), chunks=len(chunks))
-
-
-@activity.defn
-@heartbeating
-def embed_chunks(inp: EmbedInput) -> EmbedOutput:
-    rt = runtime()
-    texts = [c["text"] for c in rt.blobs.get_json(inp.chunks_key)]
-    vectors = rt.embedder.embed(texts)
-    buf = io.BytesIO()
-    np.save(buf, vectors, allow_pickle=False)
-    return EmbedOutput(vectors_key=rt.blobs.put(buf.getvalue()), dimensions=int(vectors.shape[1]))
-
-
 def document_id(tenant: str, path: str) -> str:
     """Stable id of a document: the same file path in the same tenant is the same document."""
     return hashlib.sha256(f"{tenant}\x1f{path}".encode()).hexdigest()[:32]
 
 
-INGEST_ACTIVITIES = [list_documents, read_manifest_page, partition_document, scrub_document, chunk_document, embed_chunks]
+@activity.defn(name="keel.read_manifest_page")
+def read_manifest_page(inp: ManifestPageInput) -> ManifestPage:
+    entries = runtime().blobs.get_json(inp.manifest.key)[inp.offset : inp.offset + inp.limit]
+    return ManifestPage(entries=[DocumentEntry(**e) for e in entries])
+
+
+# --- one document ------------------------------------------------------------------------------
+
+
+@dataclass
+class PartitionInput:
+    filename: str  # its suffix picks the parser
+    blob_key: str | None = None  # the document's bytes in the blob store, or:
+    data_b64: str | None = None  # its bytes inline (small documents only: they enter history)
+
+
+@activity.defn(name="keel.partition")
+@heartbeating
+def partition_document(inp: PartitionInput) -> Elements:
+    from keel.ingestion.partition import partition_document as partition
+
+    rt = runtime()
+    data = base64.b64decode(inp.data_b64) if inp.data_b64 is not None else rt.blobs.get(inp.blob_key or "")
+    try:
+        elements = partition(data, Path(inp.filename).name, max_bytes=rt.settings.max_document_bytes)
+    except KeelError as e:
+        raise to_application_error(e) from None
+    return Elements(key=rt.blobs.put_json(elements), count=len(elements), characters=sum(len(e["text"]) for e in elements))
+
+
+@dataclass
+class ScrubElementsInput:
+    elements: Elements
+    policy: PIIPolicy | None = None  # None: the worker's default (KeelSettings)
+
+
+@activity.defn(name="keel.scrub_elements")
+@heartbeating
+def scrub_elements(inp: ScrubElementsInput) -> Elements:
+    rt = runtime()
+    policy = inp.policy or rt.settings.pii_policy
+    if not policy.enabled:
+        return Elements(inp.elements.key, inp.elements.count, inp.elements.characters, {}, policy)
+    elements = rt.blobs.get_json(inp.elements.key)
+    scrubbed, counts = rt.scrubber.scrub_many([e["text"] for e in elements], policy)
+    for element, text in zip(elements, scrubbed):
+        element["text"] = text
+    return Elements(rt.blobs.put_json(elements), len(elements), sum(len(t) for t in scrubbed), counts, policy)
+
+
+@dataclass
+class ScrubTextInput:
+    text: str
+    policy: PIIPolicy | None = None
+
+
+@activity.defn(name="keel.scrub_text")
+def scrub_text(inp: ScrubTextInput) -> ScrubbedText:
+    rt = runtime()
+    policy = inp.policy or rt.settings.pii_policy
+    if not policy.enabled:
+        return ScrubbedText(text=inp.text)
+    texts, counts = rt.scrubber.scrub_many([inp.text], policy)
+    return ScrubbedText(text=texts[0], pii_counts=counts)
+
+
+@dataclass
+class ChunkInput:
+    elements: Elements
+    spec: ChunkSpec | None = None
+
+
+@activity.defn(name="keel.chunk")
+@heartbeating
+def chunk_document(inp: ChunkInput) -> Chunks:
+    from keel.ingestion.chunking import chunk_elements
+
+    rt = runtime()
+    spec = inp.spec or rt.settings.chunk_spec
+    chunks = chunk_elements(rt.blobs.get_json(inp.elements.key), max_tokens=spec.max_tokens, overlap_tokens=spec.overlap_tokens)
+    return Chunks(key=rt.blobs.put_json(chunks), count=len(chunks), spec=spec)
+
+
+@dataclass
+class ReadChunksInput:
+    chunks: Chunks
+    start: int = 0
+    limit: int | None = None
+
+
+@dataclass
+class ChunkTexts:
+    chunks: list[ChunkText]
+
+
+@activity.defn(name="keel.read_chunks")
+def read_chunks(inp: ReadChunksInput) -> ChunkTexts:
+    stored = runtime().blobs.get_json(inp.chunks.key)
+    end = len(stored) if inp.limit is None else inp.start + inp.limit
+    return ChunkTexts(
+        [ChunkText(i, c["text"], c.get("section", "")) for i, c in enumerate(stored[inp.start : end], start=inp.start)]
+    )
+
+
+@dataclass
+class EmbedInput:
+    chunks: Chunks
+    spec: EmbeddingSpec | None = None
+
+
+@activity.defn(name="keel.embed")
+@heartbeating
+def embed_chunks(inp: EmbedInput) -> Vectors:
+    rt = runtime()
+    spec = inp.spec or rt.settings.embedding_spec
+    texts = [c["text"] for c in rt.blobs.get_json(inp.chunks.key)]
+    vectors = rt.embedder(spec).embed(texts)
+    buf = io.BytesIO()
+    np.save(buf, vectors, allow_pickle=False)
+    return Vectors(key=rt.blobs.put(buf.getvalue()), count=len(texts), dimensions=int(vectors.shape[1]), model=spec.model)
+
+
+INGEST_ACTIVITIES = [
+    list_documents,
+    read_manifest_page,
+    partition_document,
+    scrub_elements,
+    scrub_text,
+    chunk_document,
+    read_chunks,
+    embed_chunks,
+]

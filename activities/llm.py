@@ -1,15 +1,24 @@
-"""LLM-call activities: plan a run's provider chain, and make one call to one provider.
+"""LLM-call activities behind :func:`keel.llm.complete`.
 
-``generate_answer`` runs on the provider's own task queue (``<queue>-llm-<provider>``), so
-each provider has its own concurrency slots and, optionally, a fleet-wide rate limit. Every
-attempt, failed or not, reports what it cost to the run it belongs to and to the tenant's
-ledger, and a failed one to the provider's circuit breaker, before it returns or raises:
-Temporal's retries are never invisible in Keel's accounting.
+* ``keel.llm_prepare`` (local): reads every provider's shared health and the tenant's spend
+  (concurrent queries to the breaker and budget entity workflows), stores the prompt once in the
+  blob store, and looks the answer cache up. One local activity: no task-queue round trip.
+* ``keel.llm_request`` runs on the provider's own task queue (``<queue>-llm-<provider>``): one
+  HTTP request; Temporal retries it with the provider's policy. Every attempt, failed or not,
+  reports what it cost to the run it belongs to (signal ``keel_llm_attempt``, handled by
+  ``complete`` itself), to the tenant's ledger and, on a failure, to the provider's breaker,
+  before it returns or raises: Temporal's retries are never invisible in Keel's accounting.
+* ``keel.llm_finish`` (local): stores a validated value in the cache and tells breakers about
+  providers that answered after failing or stayed invalid after a repair.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -18,46 +27,90 @@ from temporalio.client import Client, WorkflowQueryFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities._runtime import runtime
-from keel import answering
-from keel.contracts import (
+from keel.activities._runtime import runtime
+from keel.errors import LLMError, to_application_error
+from keel.llm.cache import AnswerCache, CachedAnswer
+from keel.llm.policy import budget_period
+from keel.llm.providers import ProviderConfig, provider_health_id, tenant_budget_id
+from keel.llm.types import (
     AttemptOutcome,
+    CacheHit,
     Charge,
-    GenerateInput,
-    GenerateOutput,
     HealthReport,
+    LLMCache,
     LLMPlan,
+    Message,
     PeriodSpend,
-    PlanInput,
     ProviderAttempt,
     ProviderHealthInput,
     ProviderHealthState,
     ProviderPlan,
-    ProviderReportInput,
     TenantBudgetInput,
     Usage,
 )
-from keel.errors import LLMError, to_application_error
-from keel.llm_policy import budget_period
-from keel.providers import ProviderConfig, provider_health_id, tenant_budget_id
 
-# The signal by which an attempt reports itself to its AnswerQuestion run.
-ATTEMPT_SIGNAL = "llm_attempt"
+# The signal by which an attempt reports itself to its run; keel.llm.complete handles it.
+ATTEMPT_SIGNAL = "keel_llm_attempt"
 QUERY_TIMEOUT = timedelta(seconds=5)
 
 
-@activity.defn
-async def plan_llm_call(inp: PlanInput) -> LLMPlan:
+# --- prepare ---------------------------------------------------------------------------------
+
+
+@dataclass
+class PrepareInput:
+    tenant: str
+    messages: list[Message]
+    schema: dict[str, Any]
+    cache: LLMCache | None = None
+
+
+@dataclass
+class CachedValue:
+    hit: CacheHit
+    content: str  # the validated value, as JSON
+    cited_ids: list[str]
+    model: str
+    provider: str
+    source_workflow_id: str
+    similarity: float | None = None
+
+
+@dataclass
+class Prepared:
+    plan: LLMPlan
+    prompt_key: str  # blob: {"messages": [...], "schema": {...}}
+    cache_scope: str = ""  # the cache's "prompt version": the caller's version and the output schema
+    cached: CachedValue | None = None
+
+
+@activity.defn(name="keel.llm_prepare")
+async def prepare_llm_call(inp: PrepareInput) -> Prepared:
+    rt = runtime()
+    prompt = {"messages": [{"role": m.role, "content": m.content} for m in inp.messages], "schema": inp.schema}
+    prompt_key = rt.blobs.put_json(prompt)
+    plan = await _plan(inp.tenant)
+    scope = ""
+    cached = None
+    if plan.cache_enabled and inp.cache is not None:
+        schema_hash = hashlib.sha256(json.dumps(inp.schema, sort_keys=True).encode()).hexdigest()[:16]
+        scope = f"{inp.cache.version}|{schema_hash}"
+        if inp.cache.read:
+            cached = await asyncio.to_thread(_lookup, inp, plan, scope)
+    return Prepared(plan=plan, prompt_key=prompt_key, cache_scope=scope, cached=cached)
+
+
+async def _plan(tenant: str) -> LLMPlan:
     """The chain with each provider's shared health, and the tenant's spend this period."""
     s = runtime().settings
     chain = s.provider_chain
-    client = activity.client()
+    client = runtime().client or activity.client()
     period = budget_period(datetime.now(timezone.utc), s.budget_period)
-    budget = s.tenant_budget(inp.tenant)
-    queue = inp.entity_task_queue
+    budget = s.tenant_budget(tenant)
+    queue = s.task_queue
     queries = [_query(client, provider_health_id(queue, p.name), "state", ProviderHealthState) for p in chain]
     if budget is not None:
-        queries.append(_query(client, tenant_budget_id(queue, inp.tenant), "spend", PeriodSpend, period))
+        queries.append(_query(client, tenant_budget_id(queue, tenant), "spend", PeriodSpend, period))
     answers = await asyncio.gather(*queries)  # concurrently: one round trip on the happy path
     health, spend = answers[: len(chain)], answers[len(chain)] if budget is not None else None
     return LLMPlan(
@@ -99,38 +152,89 @@ async def _query(client: Client, workflow_id: str, query: str, result_type: type
         return None
 
 
-@activity.defn
-async def generate_answer(inp: GenerateInput) -> GenerateOutput:
+def answer_cache() -> AnswerCache:
     s = runtime().settings
+    return runtime().once(
+        "answer-cache",
+        lambda: AnswerCache(s.answer_cache_path, ttl_seconds=s.cache_ttl_seconds, semantic_threshold=s.semantic_cache_threshold or 1.0),
+    )
+
+
+def _cache_key(inp_cache: LLMCache, messages: list[Message]) -> str:
+    if inp_cache.key is not None:
+        return inp_cache.key
+    users = [m.content for m in messages if m.role == "user"]
+    return users[-1] if users else ""
+
+
+def _lookup(inp: PrepareInput, plan: LLMPlan, scope: str) -> CachedValue | None:
+    cache, now = answer_cache(), time.time()
+    key, ids = _cache_key(inp.cache, inp.messages), inp.cache.context_ids
+    models = list(dict.fromkeys(p.model for p in plan.providers))
+    entry = cache.lookup_exact(inp.tenant, scope, key, ids, models, now=now)
+    if entry is not None:
+        return _cached(CacheHit.EXACT, entry, None)
+    if inp.cache.semantic and plan.semantic_cache:
+        found = cache.lookup_semantic(inp.tenant, scope, runtime().embedder().embed_query(key), ids, models, now=now)
+        if found is not None:
+            return _cached(CacheHit.SEMANTIC, *found)
+    return None
+
+
+def _cached(kind: CacheHit, entry: CachedAnswer, similarity: float | None) -> CachedValue:
+    return CachedValue(
+        hit=kind,
+        content=entry.answer,
+        cited_ids=entry.cited_chunk_ids,
+        model=entry.model,
+        provider=entry.provider,
+        source_workflow_id=entry.workflow_id,
+        similarity=None if similarity is None else round(similarity, 4),
+    )
+
+
+# --- one request -------------------------------------------------------------------------------
+
+
+@dataclass
+class RequestInput:
+    provider: str
+    prompt_key: str
+    tenant: str = ""
+    call: int = 0  # the run's n-th request, to tell the attempts of two requests apart
+    # The repair re-ask: the invalid reply and the validation errors, appended to the prompt.
+    repair: list[Message] = field(default_factory=list)
+    max_tokens: int | None = None
+
+
+@dataclass
+class RequestOutput:
+    content: str
+    model: str
+    usage: Usage
+    provider: str
+    record: ProviderAttempt  # this attempt, as reported to the run
+
+
+@activity.defn(name="keel.llm_request")
+async def request_llm(inp: RequestInput) -> RequestOutput:
+    rt = runtime()
+    s = rt.settings
     try:
         provider = s.provider(inp.provider)
     except ValueError as e:
         raise ApplicationError(str(e), type="UnknownProvider", non_retryable=True) from None
     attempt = activity.info().attempt
-    messages = answering.build_messages(
-        inp.question, inp.chunks, inp.prompt_version, inp.repair_errors, inp.previous_output
-    )
+    prompt = rt.blobs.get_json(inp.prompt_key)
+    messages = prompt["messages"] + [{"role": m.role, "content": m.content} for m in inp.repair]
     try:
         completion = await provider.client().complete(
-            messages, json_schema=answering.answer_schema(len(inp.chunks)), max_tokens=s.llm_max_tokens
+            messages, json_schema=prompt["schema"], max_tokens=inp.max_tokens or s.llm_max_tokens
         )
     except LLMError as e:
-        usage = Usage(e.prompt_tokens, e.completion_tokens)
-        record = ProviderAttempt(
-            provider=provider.name,
-            model=provider.model,
-            outcome=AttemptOutcome.FAILED if e.retryable else AttemptOutcome.REJECTED,
-            error_type=type(e).__name__,
-            message=e.message[:300],
-            usage=usage,
-            usage_estimated=e.usage_estimated,
-            cost_usd=provider.cost_usd(usage.prompt_tokens, usage.completion_tokens),
-            call=inp.call,
-            attempt=attempt,
-            retry_after_seconds=e.retry_after,
-        )
+        record = attempt_record(provider, e, call=inp.call, attempt=attempt)
         health = _health_report(provider, ok=False, error_type=type(e).__name__, message=e.message, retry_after=e.retry_after)
-        await _report(inp, provider, record, health)
+        await _report(inp.tenant, provider, record, health)
         raise to_application_error(
             e, attempt=attempt, max_retry_after=provider.max_retry_after_seconds, details=(record,)
         ) from None
@@ -144,17 +248,26 @@ async def generate_answer(inp: GenerateInput) -> GenerateOutput:
         call=inp.call,
         attempt=attempt,
     )
-    # Whether the reply is an answer is for validation to say: the run reports that to the breaker.
-    await _report(inp, provider, record, None)
-    return GenerateOutput(content=completion.content, model=completion.model, usage=usage, provider=provider.name, record=record)
+    # Whether the reply is valid is for the workflow to say: it reports that to the breaker.
+    await _report(inp.tenant, provider, record, None)
+    return RequestOutput(content=completion.content, model=completion.model, usage=usage, provider=provider.name, record=record)
 
 
-@activity.defn
-async def report_provider_health(inp: ProviderReportInput) -> None:
-    s = runtime().settings
-    provider = s.provider(inp.provider)
-    report = _health_report(provider, ok=inp.ok, error_type=inp.error_type, message=inp.message)
-    await _signal_health(activity.client(), inp.entity_task_queue, provider, report)
+def attempt_record(provider: ProviderConfig, e: LLMError, *, call: int, attempt: int) -> ProviderAttempt:
+    usage = Usage(e.prompt_tokens, e.completion_tokens)
+    return ProviderAttempt(
+        provider=provider.name,
+        model=provider.model,
+        outcome=AttemptOutcome.FAILED if e.retryable else AttemptOutcome.REJECTED,
+        error_type=type(e).__name__,
+        message=e.message[:300],
+        usage=usage,
+        usage_estimated=e.usage_estimated,
+        cost_usd=provider.cost_usd(usage.prompt_tokens, usage.completion_tokens),
+        call=call,
+        attempt=attempt,
+        retry_after_seconds=e.retry_after,
+    )
 
 
 def _health_report(
@@ -172,7 +285,8 @@ def _health_report(
     )
 
 
-def _signal_health(client: Client, queue: str, provider: ProviderConfig, report: HealthReport):
+def _signal_health(client: Client, provider: ProviderConfig, report: HealthReport):
+    queue = runtime().settings.task_queue
     return client.start_workflow(
         "ProviderHealth",
         ProviderHealthInput(state=ProviderHealthState(provider=provider.name)),
@@ -183,7 +297,7 @@ def _signal_health(client: Client, queue: str, provider: ProviderConfig, report:
     )
 
 
-async def _report(inp: GenerateInput, provider: ProviderConfig, record: ProviderAttempt, health: HealthReport | None) -> None:
+async def _report(tenant: str, provider: ProviderConfig, record: ProviderAttempt, health: HealthReport | None) -> None:
     """Tell the run, the tenant's ledger and (on a failure) the breaker about this attempt.
 
     A report that cannot be delivered is logged, not raised: failing the attempt would make
@@ -191,27 +305,99 @@ async def _report(inp: GenerateInput, provider: ProviderConfig, record: Provider
     """
     client = activity.client()
     info = activity.info()
+    queue = runtime().settings.task_queue
     sends = [client.get_workflow_handle(info.workflow_id, run_id=info.workflow_run_id).signal(ATTEMPT_SIGNAL, record)]
     tokens = record.usage.prompt_tokens + record.usage.completion_tokens
-    if inp.tenant and inp.entity_task_queue and (tokens or record.cost_usd):
+    if tenant and (tokens or record.cost_usd):
         period = budget_period(datetime.now(timezone.utc), runtime().settings.budget_period)
         charge = Charge(period, record.cost_usd, record.usage.prompt_tokens, record.usage.completion_tokens, provider.name)
         sends.append(
             client.start_workflow(
                 "TenantBudget",
-                TenantBudgetInput(tenant=inp.tenant),
-                id=tenant_budget_id(inp.entity_task_queue, inp.tenant),
-                task_queue=inp.entity_task_queue,
+                TenantBudgetInput(tenant=tenant),
+                id=tenant_budget_id(queue, tenant),
+                task_queue=queue,
                 start_signal="charge",
                 start_signal_args=[charge],
             )
         )
-    if health is not None and inp.entity_task_queue:
-        sends.append(_signal_health(client, inp.entity_task_queue, provider, health))
+    if health is not None:
+        sends.append(_signal_health(client, provider, health))
     for outcome in await asyncio.gather(*sends, return_exceptions=True):
         if isinstance(outcome, BaseException):
             activity.logger.warning("could not report an LLM attempt of %s: %s", provider.name, outcome)
 
 
-LLM_ACTIVITIES = [generate_answer]
-PLAN_ACTIVITIES = [plan_llm_call, report_provider_health]
+# --- finish ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ProviderReport:
+    """What a run tells a provider's breaker: a valid answer after failures, or a reply still
+    invalid after the repair re-ask (a drifting model counts like an outage)."""
+
+    provider: str
+    ok: bool
+    error_type: str | None = None
+    message: str | None = None
+
+
+@dataclass
+class CacheStore:
+    tenant: str
+    scope: str
+    key: str
+    context_ids: list[str]
+    model: str
+    provider: str
+    content: str
+    cited_ids: list[str]
+    workflow_id: str
+    semantic: bool
+
+
+@dataclass
+class FinishInput:
+    reports: list[ProviderReport] = field(default_factory=list)
+    store: CacheStore | None = None
+
+
+@activity.defn(name="keel.llm_finish")
+async def finish_llm_call(inp: FinishInput) -> None:
+    s = runtime().settings
+    client = runtime().client or activity.client()
+    sends = []
+    for r in inp.reports:
+        provider = s.provider(r.provider)
+        sends.append(_signal_health(client, provider, _health_report(provider, ok=r.ok, error_type=r.error_type, message=r.message)))
+    for outcome in await asyncio.gather(*sends, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            activity.logger.warning("could not report a provider's health: %s", outcome)
+    if inp.store is not None:
+        try:
+            await asyncio.to_thread(_store, inp.store)
+        except Exception as e:  # the cache is an optimisation: never fail a run for it
+            activity.logger.warning("could not store the value in the cache: %s", e)
+
+
+def _store(st: CacheStore) -> None:
+    embedding = runtime().embedder().embed_query(st.key) if st.semantic and runtime().settings.semantic_cache_threshold else None
+    answer_cache().store(
+        CachedAnswer(
+            tenant=st.tenant,
+            prompt_version=st.scope,
+            model=st.model,
+            provider=st.provider,
+            question=st.key,
+            chunk_ids=st.context_ids,
+            answer=st.content,
+            cited_chunk_ids=st.cited_ids,
+            workflow_id=st.workflow_id,
+            embedding=embedding,
+        ),
+        now=time.time(),
+    )
+
+
+LLM_REQUEST_ACTIVITIES = [request_llm]
+LLM_ACTIVITIES = [prepare_llm_call, finish_llm_call]

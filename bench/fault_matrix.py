@@ -44,12 +44,12 @@ from temporalio.client import Client, WorkflowFailureError  # noqa: E402
 from temporalio.service import RPCError  # noqa: E402
 
 from keel.config import KeelSettings  # noqa: E402
-from keel.contracts import AskResult  # noqa: E402
-from keel.providers import ProviderConfig, provider_health_id  # noqa: E402
+from keel.workflows import AskResult  # noqa: E402
+from keel.llm.providers import ProviderConfig, provider_health_id  # noqa: E402
 from keel.stack import Stack  # noqa: E402
 from keel.testing.fake_openai import FakeOpenAI, Step  # noqa: E402
-from workflows import AnswerQuestion, IngestCorpus  # noqa: E402
-from workflows.ingest import failure_reason  # noqa: E402
+from keel.workflows import AnswerQuestion, IngestCorpus  # noqa: E402
+from keel.workflows.ingest import failure_reason  # noqa: E402
 
 TENANT = "bench"
 DOCUMENT = ROOT / "examples" / "corpus" / "history.txt"

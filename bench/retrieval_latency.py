@@ -26,8 +26,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from retrieval.keyword import bm25_query_vector  # noqa: E402
-from retrieval.store import DENSE, KEYWORD, RRF_K, ChunkIndex  # noqa: E402
+from keel.retrieval.keyword import bm25_query_vector  # noqa: E402
+from keel.retrieval.store import DENSE, KEYWORD, RRF_K, ChunkIndex  # noqa: E402
 
 DIM = 384
 TENANTS = 100
@@ -95,7 +95,7 @@ def ingest(index, corpus: Corpus, start_doc: int, n_points: int, seed: int = 1) 
 
 def open_index(backend: str, directory: Path):
     if backend == "edge":
-        from retrieval.edge import EdgeChunkIndex
+        from keel.retrieval.edge import EdgeChunkIndex
 
         return EdgeChunkIndex(path=directory, collection="bench", dimensions=DIM)  # Keel's default shard size
     return LockedChunkIndex(path=directory, collection="bench", dimensions=DIM)

@@ -43,8 +43,8 @@ from keel.offline import configure_offline  # noqa: E402
 configure_offline()
 
 from keel.config import KeelSettings  # noqa: E402
-from ingestion.chunking import chunk_elements  # noqa: E402
-from retrieval.edge import EdgeChunkIndex  # noqa: E402
+from keel.ingestion.chunking import chunk_elements  # noqa: E402
+from keel.retrieval.edge import EdgeChunkIndex  # noqa: E402
 
 TENANT = "bench"
 CACHE_DIR = ROOT / ".keel" / "bench-cache"
@@ -167,7 +167,7 @@ class _LazyEmbedder:
 
     def embed(self, texts: list[str]) -> np.ndarray:
         if self._embedder is None:
-            from ingestion.embedding import Embedder
+            from keel.ingestion.embedding import Embedder
 
             self._embedder = Embedder(batch_size=self.batch_size)
         return self._embedder.embed(texts)

@@ -15,7 +15,7 @@ from pathlib import Path
 from temporalio.client import Client
 
 from keel.config import KeelSettings
-from workflows import AnswerQuestion, IngestCorpus
+from keel.workflows import AnswerQuestion, IngestCorpus
 
 
 async def main() -> None:

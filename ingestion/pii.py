@@ -13,33 +13,16 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
-# Identifiers of a person. Dates, places and organisations are left alone on purpose: they
-# carry the facts users ask about ("when was the lens restored?") and are not personal data
-# on their own.
-DEFAULT_ENTITIES = (
-    "PERSON",
-    "EMAIL_ADDRESS",
-    "PHONE_NUMBER",
-    "CREDIT_CARD",
-    "US_SSN",
-    "IBAN_CODE",
-    "IP_ADDRESS",
-    "US_BANK_NUMBER",
-    "US_DRIVER_LICENSE",
-    "US_PASSPORT",
-    "US_ITIN",
-    "CRYPTO",
-    "MEDICAL_LICENSE",
-)
+from keel.types import DEFAULT_PII_ENTITIES, PIIPolicy
 
 class PIIScrubber:
     """Replace PII spans with ``<ENTITY_TYPE>`` using presidio's analyzer and anonymizer.
 
-    :param entities: presidio entity types to scrub.
-    :param score_threshold: minimum recognizer confidence for a span to be replaced.
+    The analyzer is built once; which entity types are scrubbed, and above which confidence,
+    is the :class:`keel.types.PIIPolicy` of each call.
     """
 
-    def __init__(self, entities: tuple[str, ...] = DEFAULT_ENTITIES, score_threshold: float = 0.35) -> None:
+    def __init__(self) -> None:
         from presidio_analyzer import AnalyzerEngine, BatchAnalyzerEngine
         from presidio_analyzer.nlp_engine import NlpEngineProvider
         from presidio_anonymizer import AnonymizerEngine
@@ -57,17 +40,24 @@ class PIIScrubber:
         ).create_engine()
         self._batch = BatchAnalyzerEngine(AnalyzerEngine(nlp_engine=nlp_engine, supported_languages=["en"]))
         self._anonymizer = AnonymizerEngine()
-        self.entities = list(entities)
-        self.score_threshold = score_threshold
 
-    def scrub(self, text: str) -> tuple[str, dict[str, int]]:
-        texts, counts = self.scrub_many([text])
+    def scrub(self, text: str, policy: PIIPolicy | None = None) -> tuple[str, dict[str, int]]:
+        texts, counts = self.scrub_many([text], policy)
         return texts[0], counts
 
-    def scrub_many(self, texts: list[str], batch_size: int = 32) -> tuple[list[str], dict[str, int]]:
+    def scrub_many(
+        self, texts: list[str], policy: PIIPolicy | None = None, batch_size: int = 32
+    ) -> tuple[list[str], dict[str, int]]:
         """Scrub ``texts`` (spaCy runs them in batches); returns them with total counts per type."""
+        policy = policy or PIIPolicy()
+        if not policy.enabled:
+            return list(texts), {}
         analyzed = self._batch.analyze_iterator(
-            texts, language="en", entities=self.entities, score_threshold=self.score_threshold, batch_size=batch_size
+            texts,
+            language=policy.language,
+            entities=list(policy.entities),
+            score_threshold=policy.score_threshold,
+            batch_size=batch_size,
         )
         total: Counter[str] = Counter()
         out = []

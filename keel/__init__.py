@@ -1,1 +1,96 @@
-"""Keel: durable RAG pipelines on Temporal."""
+"""Keel: durable RAG and LLM steps for your own Temporal workflows.
+
+Write a plain ``@workflow.defn`` that calls Keel's steps; add :class:`KeelPlugin` to your
+client; run your own worker (or ``keel up --app yourpkg.workflows``)::
+
+    from temporalio import workflow
+    from pydantic import BaseModel
+    from keel import steps, llm
+
+    class Reply(BaseModel):
+        answer: str
+
+    @workflow.defn
+    class AskKB:
+        @workflow.run
+        async def run(self, question: str) -> str:
+            clean = await steps.scrub_pii(question)
+            hits = await steps.hybrid_search("acme", clean.text, top_k=5)
+            out = await llm.complete(hits.sources_text() + "\\n\\n" + clean.text, Reply, tenant="acme")
+            return out.value.answer if out.ok else out.reason
+
+Everything here is public and documented; other modules are Keel's own machinery.
+
+* steps: :mod:`keel.steps` (partition, scrub_pii, chunk, read_chunks, embed, index_document,
+  delete_document, hybrid_search, indexed_versions, index_stats, list_documents, manifest_page)
+* LLM calls: :mod:`keel.llm` (``complete``, ``Message``, ``LLMResult``, ``RunBudget``, ``LLMCache``)
+* run settings: :class:`ChunkSpec`, :class:`PIIPolicy`, :class:`EmbeddingSpec`,
+  :class:`RetrievalSettings`, :class:`Filters`; step options: :class:`StepOptions`
+* deployment: :class:`KeelSettings`, :class:`KeelPlugin`; tests: :mod:`keel.testing`
+* errors: :class:`KeelError` and its subclasses (:mod:`keel.errors`)
+"""
+
+from keel import llm, steps
+from keel.config import KeelSettings
+from keel.errors import (
+    BadDocument,
+    BudgetExceeded,
+    InvalidFilter,
+    KeelError,
+    LLMError,
+    MissingTenant,
+)
+from keel.llm import LLMCache, LLMResult, Message, ProviderConfig, RunBudget, complete
+from keel.options import STEP_DEFAULTS, StepOptions
+from keel.plugin import KeelPlugin
+from keel.types import (
+    ChunkSpec,
+    Chunks,
+    ChunkText,
+    Elements,
+    EmbeddingSpec,
+    Filters,
+    Fusion,
+    IndexResult,
+    PIIPolicy,
+    RetrievalSettings,
+    ScrubbedText,
+    SearchHit,
+    SearchResult,
+    Vectors,
+)
+
+__all__ = [
+    "STEP_DEFAULTS",
+    "BadDocument",
+    "BudgetExceeded",
+    "ChunkSpec",
+    "ChunkText",
+    "Chunks",
+    "Elements",
+    "EmbeddingSpec",
+    "Filters",
+    "Fusion",
+    "IndexResult",
+    "InvalidFilter",
+    "KeelError",
+    "KeelPlugin",
+    "KeelSettings",
+    "LLMCache",
+    "LLMError",
+    "LLMResult",
+    "Message",
+    "MissingTenant",
+    "PIIPolicy",
+    "ProviderConfig",
+    "RetrievalSettings",
+    "RunBudget",
+    "ScrubbedText",
+    "SearchHit",
+    "SearchResult",
+    "StepOptions",
+    "Vectors",
+    "complete",
+    "llm",
+    "steps",
+]

@@ -1,6 +1,7 @@
 """``keel``: run the local stack, ingest documents, ask questions.
 
-    keel up [--workers N]      start Temporal dev server, local LLM and N workers
+    keel up [--workers N] [--app MODULE]...   start Temporal dev server, local LLM and N workers
+                                              (that also run MODULE's workflows and activities)
     keel down | keel status
     keel ingest PATH... --tenant T [--tag TAG]... [--date YYYY-MM-DD] [--no-wait] [--json]
     keel ask "QUESTION" --tenant T [--source PATH] [--tag TAG]... [--since D] [--until D] [--json]
@@ -24,13 +25,14 @@ from keel.offline import configure_offline
 configure_offline()
 
 from keel.config import KeelSettings  # noqa: E402
-from keel.contracts import IndexStatsInput, IngestSummary, QueryFilters  # noqa: E402
 
 
 async def _client(settings: KeelSettings):
     from temporalio.client import Client
 
-    return await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
+    from keel.plugin import KeelPlugin
+
+    return await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace, plugins=[KeelPlugin(settings)])
 
 
 def _short_id() -> str:
@@ -50,7 +52,7 @@ def _display_path(path: str) -> str:
 def cmd_up(args, settings: KeelSettings) -> int:
     from keel.stack import Stack
 
-    Stack(settings).up(workers=args.workers)
+    Stack(settings).up(workers=args.workers, apps=args.app)
     print(f"Temporal Web UI: {settings.ui_url}")
     return 0
 
@@ -75,7 +77,7 @@ def cmd_status(args, settings: KeelSettings) -> int:
 
 
 async def cmd_ingest(args, settings: KeelSettings) -> int:
-    from workflows.ingest import IngestCorpus
+    from keel.workflows.ingest import IngestCorpus
 
     client = await _client(settings)
     workflow_id = f"ingest-{args.tenant}-{_short_id()}"
@@ -104,10 +106,10 @@ async def cmd_ingest(args, settings: KeelSettings) -> int:
     return 0
 
 
-async def _wait_with_progress(handle, *, show: bool) -> IngestSummary:
+async def _wait_with_progress(handle, *, show: bool):
     from tqdm import tqdm
 
-    from workflows.ingest import IngestCorpus
+    from keel.workflows.ingest import IngestCorpus
 
     result = asyncio.ensure_future(handle.result())
     bar = tqdm(total=0, unit="doc", disable=not show, file=sys.stderr)
@@ -131,14 +133,15 @@ async def _wait_with_progress(handle, *, show: bool) -> IngestSummary:
 
 
 async def cmd_ask(args, settings: KeelSettings) -> int:
-    from workflows.answer import AnswerQuestion
+    from keel.types import Filters
+    from keel.workflows.answer import AnswerQuestion
 
     client = await _client(settings)
     workflow_id = f"ask-{args.tenant}-{_short_id()}"
     filters = None
     if args.source or args.tag or args.since or args.until:
         source = str(Path(args.source).resolve()) if args.source else None  # ingest stores absolute paths
-        filters = QueryFilters(source=source, tags=args.tag or [], date_from=args.since, date_to=args.until)
+        filters = Filters(source=source, tags=args.tag or [], date_from=args.since, date_to=args.until)
     ask_input = settings.ask_input(args.tenant, args.question, filters=filters)
     ask_input.use_cache, ask_input.max_cost_usd = not args.no_cache, args.max_cost
     handle = await client.start_workflow(AnswerQuestion.run, ask_input, id=workflow_id, task_queue=settings.task_queue)
@@ -158,7 +161,7 @@ async def cmd_ask(args, settings: KeelSettings) -> int:
         "model": result.model,
         "attempts": result.attempts,
         "pii_counts": result.pii_counts,
-        "settings": result.settings,
+        "settings": asdict(result.settings),
         "provider": result.provider,
         "provider_attempts": [asdict(a) for a in result.provider_attempts],
         "cost_usd": result.cost_usd,
@@ -193,12 +196,12 @@ def _llm_summary(result) -> str:
 
 
 async def cmd_stats(args, settings: KeelSettings) -> int:
-    from workflows.stats import IndexStats
+    from keel.workflows.stats import IndexStats, IndexStatsInput
 
     client = await _client(settings)
     stats = await client.execute_workflow(
         IndexStats.run,
-        IndexStatsInput(tenant=args.tenant, index_task_queue=settings.index_task_queue),
+        IndexStatsInput(tenant=args.tenant),
         id=f"stats-{args.tenant}-{_short_id()}",
         task_queue=settings.task_queue,
     )
@@ -209,7 +212,7 @@ async def cmd_stats(args, settings: KeelSettings) -> int:
 def _describe_failure(err: Exception, settings: KeelSettings) -> str:
     from temporalio.client import WorkflowFailureError
 
-    from workflows.ingest import failure_reason
+    from keel.errors import failure_reason
 
     if isinstance(err, WorkflowFailureError):
         kind, message = failure_reason(err.cause)
@@ -233,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the local stack")
     up.add_argument("--workers", type=int, default=1)
+    up.add_argument("--app", action="append", default=[], metavar="MODULE", help="also run this module's workflows (repeatable)")
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop what `keel up` started").set_defaults(func=cmd_down)
     sub.add_parser("status", help="show what `keel up` started").set_defaults(func=cmd_status)

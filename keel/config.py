@@ -25,11 +25,22 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from keel.contracts import AskInput, IngestCorpusInput, QueryFilters
-from keel.providers import ProviderConfig
+from keel.llm.providers import ProviderConfig
+from keel.types import ChunkSpec, EmbeddingSpec, PIIPolicy, RetrievalSettings
 
 
 class KeelSettings(BaseSettings):
+    """Keel's settings: where things run, and the defaults of every run's settings.
+
+    A run's own settings (:class:`~keel.ChunkSpec`, :class:`~keel.PIIPolicy`,
+    :class:`~keel.EmbeddingSpec`, :class:`~keel.RetrievalSettings`) are inputs of the run;
+    these are only their defaults.
+
+    >>> s = KeelSettings(chunk_max_tokens=120, task_queue="support")
+    >>> s.chunk_spec, s.task_queue, s.index_task_queue
+    (ChunkSpec(max_tokens=120, overlap_tokens=30), 'support', 'keel-index')
+    """
+
     model_config = SettingsConfigDict(env_prefix="KEEL_", extra="ignore", frozen=True)
 
     # Where the embedded default keeps its state (Temporal db, Qdrant store, blobs, pids, logs).
@@ -177,29 +188,47 @@ class KeelSettings(BaseSettings):
     def index_path(self) -> Path:
         return self.data_dir / ("edge" if self.embedded_engine == "edge" else "qdrant")
 
-    def ingest_input(
-        self, tenant: str, paths: list[str], *, tags: list[str] | None = None, date: str | None = None
-    ) -> IngestCorpusInput:
+    @property
+    def chunk_spec(self) -> ChunkSpec:
+        return ChunkSpec(max_tokens=self.chunk_max_tokens, overlap_tokens=self.chunk_overlap_tokens)
+
+    @property
+    def pii_policy(self) -> PIIPolicy:
+        return PIIPolicy(enabled=self.pii_enabled, score_threshold=self.pii_score_threshold)
+
+    @property
+    def embedding_spec(self) -> EmbeddingSpec:
+        return EmbeddingSpec(model=self.embedding_model)
+
+    @property
+    def retrieval_settings(self) -> RetrievalSettings:
+        return RetrievalSettings(top_k=self.top_k, prefetch_k=self.prefetch_k, min_relevance=self.min_relevance)
+
+    def ingest_input(self, tenant: str, paths: list[str], *, tags: list[str] | None = None, date: str | None = None):
+        """An ``IngestCorpus`` input with these settings' defaults written into it."""
+        from keel.workflows.ingest import IngestCorpusInput, IngestSettings
+
         return IngestCorpusInput(
             tenant=tenant,
-            paths=paths,
+            paths=list(paths),
             concurrency=self.ingest_concurrency,
             documents_per_run=self.ingest_documents_per_run,
-            index_task_queue=self.index_task_queue,
             tags=list(tags or []),
             date=date,
+            settings=IngestSettings(chunk=self.chunk_spec, pii=self.pii_policy, embedding=self.embedding_spec),
         )
 
-    def ask_input(self, tenant: str, question: str, *, filters: QueryFilters | None = None) -> AskInput:
+    def ask_input(self, tenant: str, question: str, *, filters=None):
+        """An ``AnswerQuestion`` input with these settings' defaults written into it."""
+        from keel.workflows.answer import AskInput
+
         return AskInput(
             tenant=tenant,
             question=question,
-            top_k=self.top_k,
-            prefetch_k=self.prefetch_k,
-            min_relevance=self.min_relevance,
+            retrieval=self.retrieval_settings,
             prompt_version=self.prompt_version,
-            index_task_queue=self.index_task_queue,
             filters=filters,
+            pii=self.pii_policy,
         )
 
     def run_ui_url(self, workflow_id: str, run_id: str | None = None) -> str:

@@ -192,3 +192,25 @@ def to_application_error(
         non_retryable=non_retryable,
         next_retry_delay=timedelta(seconds=delay) if delay else None,
     )
+
+
+def failure_reason(err: BaseException) -> tuple[str, str]:
+    """(error type, message) of the innermost cause of a child workflow or activity failure."""
+    from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, FailureError
+
+    while isinstance(err, (ChildWorkflowError, ActivityError)) and err.cause is not None:
+        err = err.cause
+    kind = err.type if isinstance(err, ApplicationError) and err.type else type(err).__name__
+    return kind, err.message if isinstance(err, FailureError) else str(err)
+
+
+def from_application_error(err: BaseException) -> BaseException:
+    """The Keel error an ``ApplicationError`` stands for (by type name), else ``err`` itself:
+    steps called outside a workflow raise the same typed errors as the libraries."""
+    from temporalio.exceptions import ApplicationError
+
+    if isinstance(err, ApplicationError):
+        for cls in [KeelError, *_all_subclasses(KeelError)]:
+            if cls.__name__ == err.type:
+                return cls(err.message)
+    return err

@@ -154,7 +154,7 @@ class Stack:
 
     # --- up / down -----------------------------------------------------------------------
 
-    def up(self, workers: int = 1, *, say=print) -> list[Process]:
+    def up(self, workers: int = 1, *, apps: list[str] = (), say=print) -> list[Process]:
         s = self.settings
         procs = self.running()
         host, _, port = s.temporal_address.rpartition(":")
@@ -207,7 +207,8 @@ class Stack:
         for i in range(len(current), workers):
             # With an embedded store exactly one worker owns the index; with a server, all can.
             owns_index = not s.embedded_index or not has_index_owner
-            cmd = [sys.executable, "-m", "worker"] + (["--index"] if owns_index else [])
+            cmd = [sys.executable, "-m", "keel.worker"] + (["--index"] if owns_index else [])
+            cmd += [arg for app in apps for arg in ("--app", app)]
             has_index_owner = has_index_owner or owns_index
             p, _ = self._spawn("worker", cmd, f"worker-{i}")
             procs.append(p)

@@ -55,14 +55,14 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.keyword import bm25_query_vector
-from retrieval.store import (
+from keel.retrieval.keyword import bm25_query_vector
+from keel.retrieval.store import (
     DENSE,
     INTEGER_FIELDS,
     KEYWORD,
     KEYWORD_FIELDS,
     RRF_K,
-    SearchFilters,
+    Filters,
     SearchHit,
     _require_tenant,
     chunk_records,
@@ -70,7 +70,6 @@ from retrieval.store import (
 
 MERGE_ALL = ["*"]  # a build job: every sealed shard into one
 _UPSERT_BATCH = 64  # one update() call holds the GIL: keep it short so queries interleave
-_REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _qe():
@@ -113,10 +112,10 @@ def _match(key: str, value):
     return qe.FieldCondition(key=key, match=qe.MatchValue(value))
 
 
-def _conditions(filters: SearchFilters | None) -> list:
+def _conditions(filters: Filters | None) -> list:
     qe = _qe()
     out = []
-    for kind, key, *args in (filters or SearchFilters()).conditions():
+    for kind, key, *args in (filters or Filters()).conditions():
         if kind == "match":
             out.append(_match(key, args[0]))
         elif kind == "any":
@@ -170,7 +169,7 @@ class EdgeChunkIndex:
         the GIL for ~15-20 us per point (50k points: under a second). Shards are never merged
         past it automatically, so 1M chunks are ~20 sealed shards, each query fans out to all.
 
-    ``search(..., filters=SearchFilters(...))`` narrows the mandatory tenant filter by source,
+    ``search(..., filters=Filters(...))`` narrows the mandatory tenant filter by source,
     document, tags (any of) and a date range.
     """
 
@@ -377,7 +376,7 @@ class EdgeChunkIndex:
         *,
         top_k: int = 5,
         prefetch_k: int = 40,
-        filters: SearchFilters | None = None,
+        filters: Filters | None = None,
     ) -> list[SearchHit]:
         """Dense and BM25 candidates from every shard, fused with RRF, inside one tenant."""
         _require_tenant(tenant)
@@ -391,7 +390,7 @@ class EdgeChunkIndex:
         *,
         top_k: int,
         prefetch_k: int,
-        filters: SearchFilters | None = None,
+        filters: Filters | None = None,
         keyword: bool = True,
     ) -> list[SearchHit]:
         """``tenant=None`` / ``query_vector=None`` / ``keyword=False`` exist for benchmarks only."""
@@ -590,10 +589,9 @@ class EdgeChunkIndex:
             timing["copy_s"] = round(time.perf_counter() - t0, 3)
             t1 = time.perf_counter()
             job = json.dumps({"target": str(self.shards_dir / target), "merge": copies})
-            env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(_REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
             proc = subprocess.run(
-                [sys.executable, "-c", "from retrieval.edge import _build_main; _build_main()", job],
-                env=env, capture_output=True, text=True,
+                [sys.executable, "-c", "from keel.retrieval.edge import _build_main; _build_main()", job],
+                capture_output=True, text=True,
             )
             if proc.returncode:
                 raise RuntimeError(f"shard build failed: {proc.stderr[-2000:]}")

@@ -8,15 +8,18 @@ upsert retried after a crash writes the same points again instead of duplicating
 
 from __future__ import annotations
 
-import datetime as dt
+import contextlib
+import functools
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from keel.errors import InvalidFilter, MissingTenant
-from retrieval.keyword import SparseTerms, bm25_document_vector, bm25_query_vector
+from keel.errors import MissingTenant
+from keel.types import Filters, SearchHit, date_ts
+from keel.retrieval.keyword import SparseTerms, bm25_document_vector, bm25_query_vector
 
 DENSE = "dense"
 KEYWORD = "bm25"
@@ -30,58 +33,6 @@ RRF_K = 20
 KEYWORD_FIELDS = ("document_id", "content_hash", "source", "tags")
 INTEGER_FIELDS = ("chunk_index", "date_ts")
 _NAMESPACE = uuid.UUID("6f1f6f5e-4b1c-4a36-9a55-6b8f6e0b2c11")
-
-
-@dataclass
-class SearchHit:
-    chunk_id: str
-    document_id: str
-    source: str
-    text: str
-    score: float  # cosine(query, chunk)
-    fused_score: float
-
-
-@dataclass(frozen=True)
-class SearchFilters:
-    """Optional narrowing of a search, on top of the mandatory tenant filter.
-
-    ``tags`` matches a chunk whose document has any of them; ``date_from``/``date_to`` are ISO
-    dates (``YYYY-MM-DD``), both inclusive, on the document's date (documents without a date
-    never match a date range).
-    """
-
-    source: str | None = None
-    document_id: str | None = None
-    tags: tuple[str, ...] = ()
-    date_from: str | None = None
-    date_to: str | None = None
-
-    def conditions(self) -> list[tuple]:
-        """Backend-neutral conditions: ("match", key, value), ("any", key, values), ("range", key, gte, lte)."""
-        out: list[tuple] = []
-        if self.source:
-            out.append(("match", "source", self.source))
-        if self.document_id:
-            out.append(("match", "document_id", self.document_id))
-        if self.tags:
-            out.append(("any", "tags", list(self.tags)))
-        if self.date_from or self.date_to:
-            lo = date_ts(self.date_from) if self.date_from else None
-            hi = date_ts(self.date_to) if self.date_to else None
-            if lo is not None and hi is not None and lo > hi:
-                raise InvalidFilter(f"date_from {self.date_from} is after date_to {self.date_to}")
-            out.append(("range", "date_ts", lo, hi))
-        return out
-
-
-def date_ts(value: str) -> int:
-    """An ISO date as the UTC midnight timestamp stored in the ``date_ts`` payload field."""
-    try:
-        day = dt.date.fromisoformat(str(value)[:10])
-    except ValueError:
-        raise InvalidFilter(f"not an ISO date (YYYY-MM-DD): {value!r}") from None
-    return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp())
 
 
 def point_id(tenant: str, document_id: str, content_hash: str, chunk_index: int) -> str:
@@ -135,6 +86,15 @@ def chunk_records(
     ]
 
 
+def _locked(method):
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class ChunkIndex:
     """Hybrid chunk index on Qdrant.
 
@@ -163,6 +123,9 @@ class ChunkIndex:
             self.client = QdrantClient(location=":memory:")
         self.collection = collection
         self.dimensions = dimensions
+        # A server handles concurrent requests itself; local mode is a pure-Python store that is
+        # not safe for concurrent writers, so its calls are serialised here.
+        self._lock = threading.RLock() if self.is_local else contextlib.nullcontext()
         self._ensure_collection()
 
     def _ensure_collection(self) -> None:
@@ -190,6 +153,7 @@ class ChunkIndex:
 
     # --- writes --------------------------------------------------------------------------
 
+    @_locked
     def replace_document(
         self,
         *,
@@ -229,6 +193,7 @@ class ChunkIndex:
             self.client.delete(self.collection, points_selector=models.FilterSelector(filter=stale), wait=True)
         return len(points), removed
 
+    @_locked
     def delete_document(self, tenant: str, document_id: str) -> None:
         from qdrant_client import models
 
@@ -240,6 +205,7 @@ class ChunkIndex:
 
     # --- reads ---------------------------------------------------------------------------
 
+    @_locked
     def search(
         self,
         tenant: str,
@@ -248,7 +214,7 @@ class ChunkIndex:
         *,
         top_k: int = 5,
         prefetch_k: int = 40,
-        filters: SearchFilters | None = None,
+        filters: Filters | None = None,
     ) -> list[SearchHit]:
         """Dense and BM25 candidates fused with reciprocal rank fusion, inside one tenant and
         narrowed by ``filters``."""
@@ -277,6 +243,7 @@ class ChunkIndex:
             hits.append(SearchHit(str(point.id), p["document_id"], p["source"], p["text"], cosine, float(point.score)))
         return hits
 
+    @_locked
     def indexed_versions(self, tenant: str, document_ids: list[str]) -> dict[str, str]:
         """The content hash of the indexed version of each of ``document_ids`` that is indexed."""
         from qdrant_client import models
@@ -296,6 +263,7 @@ class ChunkIndex:
         )
         return {p.payload["document_id"]: p.payload["content_hash"] for p in points}
 
+    @_locked
     def stats(self, tenant: str) -> dict[str, int]:
         from qdrant_client import models
 
@@ -313,11 +281,11 @@ def _require_tenant(tenant: str) -> None:
         raise MissingTenant("a tenant is required for every index read and write")
 
 
-def _client_conditions(filters: SearchFilters | None) -> list:
+def _client_conditions(filters: Filters | None) -> list:
     from qdrant_client import models
 
     out = []
-    for kind, key, *args in (filters or SearchFilters()).conditions():
+    for kind, key, *args in (filters or Filters()).conditions():
         if kind == "match":
             out.append(_match(key, args[0]))
         elif kind == "any":

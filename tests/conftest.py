@@ -21,10 +21,11 @@ configure_offline()
 from temporalio.client import Client, WorkflowHandle  # noqa: E402
 
 from keel.config import KeelSettings  # noqa: E402
-from keel.contracts import AskResult, IndexStatsInput, IndexStatsOutput, IngestSummary  # noqa: E402
+from keel.activities.index import IndexStatsOutput  # noqa: E402
+from keel.plugin import KeelPlugin  # noqa: E402
 from keel.stack import Stack  # noqa: E402
 from keel.testing.fake_openai import FakeOpenAI  # noqa: E402
-from workflows import AnswerQuestion, IndexStats, IngestCorpus  # noqa: E402
+from keel.workflows import AnswerQuestion, AskResult, IndexStats, IndexStatsInput, IngestCorpus, IngestSummary  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "examples" / "corpus"
@@ -70,7 +71,7 @@ class KeelEnv:
     async def stats(self, tenant: str) -> IndexStatsOutput:
         return await self.client.execute_workflow(
             IndexStats.run,
-            IndexStatsInput(tenant=tenant, index_task_queue=self.settings.index_task_queue),
+            IndexStatsInput(tenant=tenant),
             id=self.workflow_id("stats"),
             task_queue=self.settings.task_queue,
         )
@@ -115,7 +116,7 @@ async def start_env(tmp: Path, temporal_settings: KeelSettings, name: str, *, wo
     )
     stack = Stack(s)
     stack.up(workers=workers, say=lambda _: None)
-    client = await Client.connect(s.temporal_address)
+    client = await Client.connect(s.temporal_address, plugins=[KeelPlugin(s)])
     return KeelEnv(settings=s, stack=stack, client=client)
 
 
@@ -145,7 +146,7 @@ def fake_providers():
 @pytest.fixture(scope="session")
 async def chain_keel(tmp_path_factory, temporal_settings, fake_providers) -> KeelEnv:
     """A deployment with a two-provider chain, a tenant with a budget, and the answer cache on."""
-    from keel.providers import ProviderConfig
+    from keel.llm.providers import ProviderConfig
 
     primary, fallback = fake_providers
     env = await start_env(

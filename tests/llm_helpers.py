@@ -8,11 +8,11 @@ import dataclasses
 from temporalio.client import WorkflowHandle
 from temporalio.service import RPCError
 
-from keel.contracts import AskResult
-from keel.providers import provider_health_id
+from keel.workflows import AskResult
+from keel.llm.providers import provider_health_id
 from keel.testing.fake_openai import FakeOpenAI, Step
 from tests.conftest import CORPUS, KeelEnv
-from workflows import AnswerQuestion
+from keel.workflows import AnswerQuestion
 
 QUESTION = "When was Greyhaven Point Light first lit?"
 RUN_DEADLINE = 180

@@ -16,12 +16,12 @@ import uuid
 from pathlib import Path
 
 from keel.config import KeelSettings
-from keel.contracts import HealthReport, ProviderHealthInput, ProviderHealthState
-from keel.providers import ProviderConfig, provider_health_id, tenant_budget_id
+from keel.llm.types import HealthReport, ProviderHealthInput, ProviderHealthState
+from keel.llm.providers import ProviderConfig, provider_health_id, tenant_budget_id
 from keel.stack import Stack
 from keel.testing.fake_openai import FakeOpenAI, Step
 from tests.conftest import CORPUS, KeelEnv
-from workflows import AnswerQuestion, IngestDocument, ProviderHealth
+from keel.workflows import AnswerQuestion, IngestDocument, ProviderHealth
 
 OUT = Path(__file__).parent / "histories"
 

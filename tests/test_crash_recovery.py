@@ -9,7 +9,7 @@ import signal
 import pytest
 
 from tests.conftest import KeelEnv, start_env
-from workflows.ingest import IngestCorpus
+from keel.workflows.ingest import IngestCorpus
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

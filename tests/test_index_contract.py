@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from keel.errors import InvalidFilter, MissingTenant
-from retrieval.store import ChunkIndex, SearchFilters
+from keel.retrieval.store import ChunkIndex
+from keel.types import Filters
 
 DIM = 16
 BACKENDS = ["client", "edge"]
@@ -22,7 +23,7 @@ def make_index(backend: str, path, *, persistent: bool = False):
     if backend == "client":
         return ChunkIndex(path=path if persistent else None, collection="contract", dimensions=DIM)
     pytest.importorskip("qdrant_edge")
-    from retrieval.edge import EdgeChunkIndex
+    from keel.retrieval.edge import EdgeChunkIndex
 
     return EdgeChunkIndex(path=path, collection="contract", dimensions=DIM)
 
@@ -213,7 +214,7 @@ def test_no_query_returns_another_tenants_chunk(backend, tmp_path):
 
 def test_edge_compaction_keeps_contract(tmp_path):
     pytest.importorskip("qdrant_edge")
-    from retrieval.edge import EdgeChunkIndex
+    from keel.retrieval.edge import EdgeChunkIndex
 
     rng = np.random.default_rng(8)
     idx = EdgeChunkIndex(path=tmp_path / "e", collection="contract", dimensions=DIM)
@@ -249,7 +250,7 @@ def test_edge_compactions_overlap_with_writes_and_queries(tmp_path):
     pytest.importorskip("qdrant_edge")
     import threading
 
-    from retrieval.edge import EdgeChunkIndex
+    from keel.retrieval.edge import EdgeChunkIndex
 
     rng = np.random.default_rng(12)
     idx = EdgeChunkIndex(path=tmp_path / "o", collection="contract", dimensions=DIM, seal_at_points=40)
@@ -291,9 +292,9 @@ def test_edge_compactions_overlap_with_writes_and_queries(tmp_path):
 def test_edge_rrf_matches_engine_fusion(tmp_path):
     """Our cross-shard RRF equals the engine's Fusion.Rrf on a single shard."""
     qe = pytest.importorskip("qdrant_edge")
-    from retrieval.edge import EdgeChunkIndex
-    from retrieval.keyword import bm25_query_vector
-    from retrieval.store import DENSE, KEYWORD, RRF_K
+    from keel.retrieval.edge import EdgeChunkIndex
+    from keel.retrieval.keyword import bm25_query_vector
+    from keel.retrieval.store import DENSE, KEYWORD, RRF_K
 
     rng = np.random.default_rng(9)
     idx = EdgeChunkIndex(path=tmp_path / "f", collection="contract", dimensions=DIM)
@@ -325,7 +326,7 @@ def test_metadata_filters_narrow_the_search(index):
     q = unit(rng, 1)[0]
 
     def docs(**kw):
-        return sorted(h.document_id for h in index.search("acme", "lemur", q, top_k=10, filters=SearchFilters(**kw)))
+        return sorted(h.document_id for h in index.search("acme", "lemur", q, top_k=10, filters=Filters(**kw)))
 
     assert docs() == ["a", "b", "c"]
     assert docs(document_id="b") == ["b"]
@@ -348,6 +349,6 @@ def test_new_version_with_new_metadata_replaces_the_old(index):
     put(index, "acme", "a", ["lemur text"], rng, content_hash="v1", tags=["draft"])
     put(index, "acme", "a", ["lemur text"], rng, content_hash="v2", tags=["final"])
     q = unit(rng, 1)[0]
-    assert index.search("acme", "lemur", q, filters=SearchFilters(tags=("draft",))) == []
-    assert [h.document_id for h in index.search("acme", "lemur", q, filters=SearchFilters(tags=("final",)))] == ["a"]
+    assert index.search("acme", "lemur", q, filters=Filters(tags=("draft",))) == []
+    assert [h.document_id for h in index.search("acme", "lemur", q, filters=Filters(tags=("final",)))] == ["a"]
 

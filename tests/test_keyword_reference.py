@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ingestion.chunking import chunk_elements
-from retrieval.keyword import B, K1, bm25_query_vector, tokenize
-from retrieval.store import KEYWORD, ChunkIndex, _match, _sparse
+from keel.ingestion.chunking import chunk_elements
+from keel.retrieval.keyword import B, K1, bm25_query_vector, tokenize
+from keel.retrieval.store import KEYWORD, ChunkIndex, _match, _sparse
 
 SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "data" / "scifact"
 N_DOCS = 200

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from keel.answer_cache import AnswerCache, CachedAnswer
+from keel.llm.cache import AnswerCache, CachedAnswer
 from keel.search_attributes import KEEL_CACHE, KEEL_COST_USD
 from keel.testing.fake_openai import Step
 from tests.conftest import KeelEnv
@@ -87,7 +87,7 @@ async def test_a_repeated_question_is_a_cache_hit_visible_as_its_own_run(env, fa
     assert len(primary.requests) == 1  # no LLM call
     assert again.cache == "exact" and again.answer == first.answer and again.citations == first.citations
     assert again.cost_usd == 0 and again.provider_attempts == [] and again.model == "primary-model"
-    assert again.settings["cache_source_workflow_id"] == first_handle.id
+    assert again.settings.cache_source_workflow_id == first_handle.id
     described = await handle.describe()  # a completed run of its own, marked as a hit
     assert described.status.name == "COMPLETED"
     assert described.typed_search_attributes.get(KEEL_CACHE) == "exact"
@@ -102,7 +102,7 @@ async def test_a_near_identical_question_is_a_semantic_hit(env, fake_providers):
     result, _ = await ask(env, "cache-a", "when did the keepers archive open", use_cache=True)
     assert len(primary.requests) == 1
     assert result.cache == "semantic" and result.answer == "In 1996, in the Old Customs House."
-    assert result.settings["cache_similarity"] >= env.settings.semantic_cache_threshold
+    assert result.settings.cache_similarity >= env.settings.semantic_cache_threshold
 
 
 async def test_the_cache_never_serves_one_tenants_answer_to_another(env, fake_providers):

@@ -9,9 +9,9 @@ from datetime import datetime, timezone
 import pytest
 from temporalio.service import RPCError
 
-from keel.contracts import AttemptOutcome, DecisionKind, PeriodSpend, ProviderHealthState
-from keel.llm_policy import budget_period
-from keel.providers import provider_health_id, tenant_budget_id
+from keel.llm.types import AttemptOutcome, DecisionKind, PeriodSpend, ProviderHealthState
+from keel.llm.policy import budget_period
+from keel.llm.providers import provider_health_id, tenant_budget_id
 from keel.search_attributes import KEEL_COST_USD, KEEL_MODEL, KEEL_TENANT, KEEL_TOKENS
 from keel.testing.fake_openai import Step
 from tests.conftest import KeelEnv

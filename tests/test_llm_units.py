@@ -8,12 +8,13 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from keel import answering, errors
+from keel import errors
+from keel.llm import prompts as answering
 from keel.config import KeelSettings
-from keel.contracts import AttemptOutcome, DecisionKind, HealthReport, LLMPlan, ProviderHealthState, ProviderPlan
-from keel.llm import AnthropicClient
-from keel.llm_policy import INVALID_ANSWER, budget_period, choose_chain, record_health
-from keel.providers import ProviderConfig, ProviderKind
+from keel.llm.types import AttemptOutcome, DecisionKind, HealthReport, LLMPlan, ProviderHealthState, ProviderPlan
+from keel.llm.clients import AnthropicClient
+from keel.llm.policy import INVALID_ANSWER, budget_period, choose_chain, record_health
+from keel.llm.providers import ProviderConfig, ProviderKind
 from keel.stack import settings_env
 from keel.testing.fake_openai import FakeOpenAI, Step
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from keel.answering import NOT_ANSWERABLE
-from keel.contracts import QueryFilters
+from keel.llm.prompts import NOT_ANSWERABLE
+from keel.types import Filters as QueryFilters
 from keel.testing.fake_openai import Step
 from tests.conftest import CORPUS, SHARED_DATA, KeelEnv
-from workflows.ingest import IngestDocument
+from keel.workflows.ingest import IngestDocument
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -120,7 +120,7 @@ async def test_metadata_filters_and_metadata_changes(keel: KeelEnv, fake_llm, tm
     both, _ = await keel.ask(question, tenant="meta", filters=QueryFilters(tags=["public"]))
     ops, _ = await keel.ask(question, tenant="meta", filters=QueryFilters(tags=["ops"]))
     assert set(docs(ops)) == {"north.txt"} and len(ops.citations) >= 1
-    assert ops.settings["filters"]["tags"] == ["ops"]  # the run records what it was narrowed to
+    assert ops.settings.filters.tags == ["ops"]  # the run records what it was narrowed to
     dated, _ = await keel.ask(question, tenant="meta", filters=QueryFilters(date_from="2024-01-01", date_to="2024-12-31"))
     assert set(docs(dated)) == {"north.txt"}
     later, _ = await keel.ask(question, tenant="meta", filters=QueryFilters(date_from="2025-01-01"))
@@ -183,7 +183,7 @@ async def test_answer_cites_only_retrieved_chunks(keel: KeelEnv, fake_llm, demo_
     assert result.answerable and not result.degraded
     assert result.attempts == 1 and len(result.citations) >= 1
     assert result.usage.prompt_tokens > 0
-    assert result.settings["prompt_version"] == "answer-v1"
+    assert result.settings.prompt_version == "answer-v1"
     sent = fake_llm.requests[-1]
     assert sent["response_format"]["type"] == "json_schema"
 

@@ -10,13 +10,15 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from ingestion.chunking import chunk_elements, count_tokens
-from ingestion.partition import partition_document
-from keel import answering, errors
-from keel.contracts import RetrievedChunk
-from keel.llm import ChatClient, parse_retry_after
+from keel.ingestion.chunking import chunk_elements, count_tokens
+from keel.ingestion.partition import partition_document
+from keel import errors
+from keel.llm import prompts
+from keel.llm._complete import validate_reply
+from keel.types import SearchHit, SearchResult
+from keel.llm.clients import ChatClient, parse_retry_after
 from keel.testing.fake_openai import FakeOpenAI, Step
-from retrieval.keyword import bm25_document_vector, bm25_query_vector, tokenize
+from keel.retrieval.keyword import bm25_document_vector, bm25_query_vector, tokenize
 from tests.conftest import CORPUS, SHARED_DATA
 
 # --- partitioning ---------------------------------------------------------------------------
@@ -58,7 +60,7 @@ def test_bad_documents_raise_typed_non_retryable_errors(data, name, error):
 
 @pytest.fixture(scope="module")
 def scrubber():
-    from ingestion.pii import PIIScrubber
+    from keel.ingestion.pii import PIIScrubber
 
     return PIIScrubber()
 
@@ -177,13 +179,20 @@ def test_retry_after_accepts_seconds_and_http_dates():
 
 # --- answer validation ------------------------------------------------------------------------
 
-CHUNKS = [RetrievedChunk("c1", "a.txt", "Hours\nOpen daily. Closed Mondays. Free entry.", 0.8, 0.03),
-          RetrievedChunk("c2", "b.txt", "Prices\nAdults pay 5 dollars.", 0.6, 0.02)]
+FOUND = SearchResult(
+    [SearchHit("c1", "d1", "a.txt", "Hours\nOpen daily. Closed Mondays. Free entry.", 0.8, 0.03),
+     SearchHit("c2", "d2", "b.txt", "Prices\nAdults pay 5 dollars.", 0.6, 0.02)],
+    "all-MiniLM-L6-v2",
+)
+
+
+def validate(content: str):
+    return validate_reply(prompts.AnswerPayload, content, lambda reply: prompts.citation_errors(reply, FOUND))
 
 
 def test_valid_answer_maps_labels_to_retrieved_chunks():
-    out = answering.validate_answer('{"answer": "Daily.", "citations": ["S1", "S1", "S2"]}', CHUNKS)
-    assert out.valid and [c.chunk_id for c in out.citations] == ["c1", "c2"]
+    value, errors_ = validate('{"answer": "Daily.", "citations": ["S1", "S1", "S2"]}')
+    assert not errors_ and [h.chunk_id for h in FOUND.cited(value.citations)] == ["c1", "c2"]
 
 
 @pytest.mark.parametrize(
@@ -197,15 +206,14 @@ def test_valid_answer_maps_labels_to_retrieved_chunks():
     ],
 )
 def test_invalid_answers_are_rejected_with_readable_errors(content, fragment):
-    out = answering.validate_answer(content, CHUNKS)
-    assert not out.valid and fragment in " ".join(out.errors)
+    value, errors_ = validate(content)
+    assert value is None and fragment in " ".join(errors_)
 
 
 def test_extractive_answer_quotes_the_best_chunk():
-    text, citations = answering.extractive_answer(CHUNKS)
-    assert text == "Open daily. Closed Mondays." and citations[0].chunk_id == "c1"
+    assert prompts.extractive_answer(FOUND.hits[0].text) == "Open daily. Closed Mondays."
 
 
 def test_schema_limits_citations_to_source_labels():
-    schema = answering.answer_schema(3)
+    schema = prompts.answer_schema(3)
     assert schema["properties"]["citations"]["items"]["enum"] == ["S1", "S2", "S3"]

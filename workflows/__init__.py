@@ -1,19 +1,27 @@
-"""Deterministic orchestration only: no I/O here, the work happens in ``activities``."""
+"""Keel's built-in workflows: deterministic orchestration only, no I/O (the work happens in
+``keel.activities``). The pipelines use only the public API (``keel.steps``, ``keel.llm``);
+the entity workflows hold the state the provider chain shares across runs."""
 
-from workflows.answer import AnswerQuestion
-from workflows.ingest import IngestCorpus, IngestDocument
-from workflows.provider_health import ProviderHealth
-from workflows.stats import IndexStats
-from workflows.tenant_budget import TenantBudget
+from keel.workflows.answer import AnswerQuestion, AskInput, AskResult
+from keel.workflows.ingest import IngestCorpus, IngestCorpusInput, IngestDocument, IngestSettings, IngestSummary
+from keel.workflows.provider_health import ProviderHealth
+from keel.workflows.stats import IndexStats, IndexStatsInput
+from keel.workflows.tenant_budget import TenantBudget
 
 ALL_WORKFLOWS = [IngestCorpus, IngestDocument, AnswerQuestion, IndexStats, ProviderHealth, TenantBudget]
 
 __all__ = [
     "ALL_WORKFLOWS",
     "AnswerQuestion",
+    "AskInput",
+    "AskResult",
     "IndexStats",
+    "IndexStatsInput",
     "IngestCorpus",
+    "IngestCorpusInput",
     "IngestDocument",
+    "IngestSettings",
+    "IngestSummary",
     "ProviderHealth",
     "TenantBudget",
 ]

@@ -1,207 +1,127 @@
-"""The question-answering state machine."""
+"""The question-answering state machine, written only with Keel's public API."""
 
 from __future__ import annotations
 
-import dataclasses
-from datetime import timedelta
+from dataclasses import dataclass, field
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.answer import scrub_text
-    from activities.cache import lookup_cached_answer, store_cached_answer
-    from activities.index import retrieve
-    from activities.llm import ATTEMPT_SIGNAL, plan_llm_call
-    from keel import answering, llm_policy
-    from keel.contracts import (
-        AskInput,
-        AskResult,
-        CacheLookupInput,
-        CacheStoreInput,
-        Citation,
-        LLMPlan,
-        PlanInput,
-        ProviderAttempt,
-        RetrievedChunk,
-        RetrieveInput,
-        ScrubTextInput,
-        Usage,
-    )
-    from keel.errors import NON_RETRYABLE, BudgetExceeded
+    from keel import llm, steps
+    from keel.llm import prompts
+    from keel.llm.types import LLMCache, PolicyDecision, ProviderAttempt, RunBudget, Usage
     from keel.search_attributes import KEEL_CACHE, KEEL_COST_USD, KEEL_MODEL, KEEL_TENANT, KEEL_TOKENS
-    from workflows.llm_chain import ProviderChain
+    from keel.types import Filters, PIIPolicy, RetrievalSettings
 
-HEARTBEAT = timedelta(seconds=30)
-LOCAL_RETRY = RetryPolicy(maximum_attempts=5, non_retryable_error_types=NON_RETRYABLE)
-# The cache is an optimisation: two quick tries, then the run goes on without it.
-CACHE_RETRY = RetryPolicy(maximum_attempts=2)
+
+@dataclass
+class AskInput:
+    tenant: str
+    question: str
+    retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
+    prompt_version: str = prompts.DEFAULT_PROMPT
+    filters: Filters | None = None
+    pii: PIIPolicy | None = None  # None: the worker's default policy
+    use_cache: bool = True  # False: skip the cache lookup (a fresh answer still refreshes it)
+    max_cost_usd: float | None = None  # per-run budget: no further LLM call once spent
+
+
+@dataclass
+class Citation:
+    chunk_id: str
+    document: str  # the source path
+    score: float
+
+
+@dataclass
+class AnswerSettings:
+    """What an answer was produced with: prompt, models and retrieval, recorded per run."""
+
+    prompt_version: str
+    embedding_model: str
+    retrieval: RetrievalSettings
+    filters: Filters | None = None
+    providers: list[str] = field(default_factory=list)
+    llm_model: str = ""
+    cache_source_workflow_id: str | None = None
+    cache_similarity: float | None = None
+
+
+@dataclass
+class AskResult:
+    answer: str
+    citations: list[Citation]
+    degraded: bool
+    answerable: bool
+    settings: AnswerSettings
+    usage: Usage = field(default_factory=Usage)
+    model: str = ""
+    attempts: int = 0  # LLM requests made (each may have had several Temporal attempts)
+    pii_counts: dict[str, int] = field(default_factory=dict)
+    degraded_reason: str | None = None
+    provider: str = ""  # the provider whose answer this is ("" when no LLM answered)
+    provider_attempts: list[ProviderAttempt] = field(default_factory=list)  # every attempt, retries included
+    cost_usd: float = 0.0  # of every attempt, failed ones included
+    cache: str | None = None  # CacheHit value when the answer came from the cache
+    decisions: list[PolicyDecision] = field(default_factory=list)  # budget and breaker decisions
 
 
 @workflow.defn
 class AnswerQuestion:
-    """scrub query → hybrid retrieve → plan → cache? → provider chain → result.
+    """scrub the question → hybrid search → the LLM chain (cache, fall-over, repair) → result.
 
-    The provider chain (``workflows/llm_chain.py``): generate → validate (→ one repair re-ask)
-    per provider, falling over to the next on failure. Never invents: with no relevant chunk it
-    answers "not answerable"; when no provider produces a valid cited answer it returns the best
-    chunk's opening sentences, ``degraded``. Every LLM attempt, retries included, is reported
-    to the run (signal ``llm_attempt``) and counted in its usage and cost.
+    Never invents: with no relevant chunk it answers "not answerable" without calling an LLM;
+    when no provider produces a valid cited answer it returns the best chunk's opening
+    sentences, ``degraded``, with the reason.
     """
-
-    def __init__(self) -> None:
-        self._chain = ProviderChain()
-        self._cache_looked_up = False
-
-    @workflow.signal(name=ATTEMPT_SIGNAL)
-    def record_attempt(self, attempt: ProviderAttempt) -> None:
-        self._chain.record(attempt)
-
-    @workflow.query
-    def attempts(self) -> list[ProviderAttempt]:
-        """The attempts so far, with their tokens and cost (for a run still in progress)."""
-        return self._chain.attempts
 
     @workflow.run
     async def run(self, inp: AskInput) -> AskResult:
         workflow.upsert_search_attributes([KEEL_TENANT.value_set(inp.tenant)])
-        scrubbed = await workflow.execute_activity(
-            scrub_text,
-            ScrubTextInput(text=inp.question),
-            start_to_close_timeout=timedelta(minutes=2),
-            heartbeat_timeout=HEARTBEAT,
-            retry_policy=LOCAL_RETRY,
-        )
-        retrieved = await workflow.execute_activity(
-            retrieve,
-            RetrieveInput(
-                tenant=inp.tenant, query=scrubbed.text, top_k=inp.top_k, prefetch_k=inp.prefetch_k, filters=inp.filters
-            ),
-            task_queue=inp.index_task_queue,
-            start_to_close_timeout=timedelta(minutes=2),
-            heartbeat_timeout=HEARTBEAT,
-            retry_policy=LOCAL_RETRY,
-        )
-        chunks = retrieved.chunks
-        settings = {
-            "prompt_version": inp.prompt_version,
-            "embedding_model": retrieved.embedding_model,
-            "top_k": inp.top_k,
-            "prefetch_k": inp.prefetch_k,
-            "min_relevance": inp.min_relevance,
-            "fusion": "rrf",
-            "filters": dataclasses.asdict(inp.filters) if inp.filters else None,
-        }
-        result = AskResult(
-            answer=answering.NOT_ANSWERABLE,
-            citations=[],
-            degraded=False,
-            answerable=False,
-            usage=Usage(),
-            model="",
-            attempts=0,
-            settings=settings,
-            pii_counts=scrubbed.pii_counts,
-        )
-        if not chunks or max(c.score for c in chunks) < inp.min_relevance:
+        question = await steps.scrub_pii(inp.question, policy=inp.pii)
+        found = await steps.hybrid_search(inp.tenant, question.text, settings=inp.retrieval, filters=inp.filters)
+        settings = AnswerSettings(inp.prompt_version, found.embedding_model, found.settings, inp.filters)
+        result = AskResult(prompts.NOT_ANSWERABLE, [], degraded=False, answerable=False, settings=settings)
+        result.pii_counts = question.pii_counts
+        if not found.relevant:
             return self._finish(result)
         result.answerable = True
 
-        plan = await workflow.execute_activity(
-            plan_llm_call,
-            PlanInput(tenant=inp.tenant, entity_task_queue=workflow.info().task_queue),
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=LOCAL_RETRY,
+        ids = [h.chunk_id for h in found.hits]
+        out = await llm.complete(
+            prompts.answer_messages(inp.prompt_version, question.text, found),
+            prompts.AnswerPayload,
+            tenant=inp.tenant,
+            schema=prompts.answer_schema(len(found.hits)),
+            validate=lambda reply: prompts.citation_errors(reply, found),
+            cites=lambda reply: [h.chunk_id for h in found.cited(reply.citations)],
+            cache=LLMCache(key=question.text, context_ids=ids, version=inp.prompt_version, read=inp.use_cache),
+            budget=RunBudget(inp.max_cost_usd) if inp.max_cost_usd is not None else None,
         )
-        settings["providers"] = [p.name for p in plan.providers]
-        use_cache = plan.cache_enabled and inp.use_cache
-        if use_cache and await self._answer_from_cache(inp, scrubbed.text, chunks, plan, result):
-            return self._finish(result)
-
-        choice = llm_policy.choose_chain(plan, workflow.now())
-        self._chain.skipped = choice.skipped
-        self._chain.decisions = choice.decisions
-        if choice.refused:
-            self._finish(result)
-            raise ApplicationError(choice.refused, type=BudgetExceeded.__name__, non_retryable=True)
-
-        answered = await self._chain.answer(inp, scrubbed.text, chunks, choice.providers)
-        result.attempts = self._chain.calls
-        result.model = answered.model
-        if answered.validation.valid:
-            result.answer, result.citations = answered.validation.answer, answered.validation.citations
-            result.provider = answered.provider
-            if plan.cache_enabled:
-                await self._store_in_cache(inp, scrubbed.text, chunks, plan, result)
+        settings.providers = out.providers
+        self._cache_looked_up = out.cache_looked_up
+        result.model, result.attempts, result.decisions = out.model, out.requests, out.decisions
+        if out.ok:
+            result.answer = out.value.answer
+            result.citations = [Citation(h.chunk_id, h.source, h.score) for h in found.cited(out.value.citations)]
+            result.provider = out.provider
+            result.cache = out.cache.value if out.cache else None
+            settings.cache_source_workflow_id, settings.cache_similarity = out.cache_source_workflow_id, out.cache_similarity
         else:
-            result.answer, result.citations = answering.extractive_answer(chunks)
-            result.degraded = True
-            result.degraded_reason = answered.reason or "no LLM provider available: every circuit is open"
+            top = found.hits[0]
+            result.answer = prompts.extractive_answer(top.text)
+            result.citations = [Citation(top.chunk_id, top.source, top.score)]
+            result.degraded, result.degraded_reason = True, out.reason
         return self._finish(result)
 
-    async def _answer_from_cache(
-        self, inp: AskInput, question: str, chunks: list[RetrievedChunk], plan: LLMPlan, result: AskResult
-    ) -> bool:
-        self._cache_looked_up = True
-        try:
-            hit = await workflow.execute_activity(
-                lookup_cached_answer,
-                CacheLookupInput(
-                    tenant=inp.tenant,
-                    question=question,
-                    prompt_version=inp.prompt_version,
-                    models=list(dict.fromkeys(p.model for p in plan.providers)),
-                    chunk_ids=[c.chunk_id for c in chunks],
-                    semantic=plan.semantic_cache,
-                ),
-                start_to_close_timeout=timedelta(minutes=2),
-                retry_policy=CACHE_RETRY,
-            )
-        except ActivityError:
-            return False
-        by_id = {c.chunk_id: c for c in chunks}
-        citations = [Citation(i, by_id[i].document, by_id[i].score) for i in hit.cited_chunk_ids if i in by_id]
-        if hit.hit is None or not citations:
-            return False
-        result.answer, result.citations, result.cache = hit.answer, citations, hit.hit.value
-        result.model, result.provider = hit.model, hit.provider
-        result.settings["cache_source_workflow_id"] = hit.source_workflow_id
-        if hit.similarity is not None:
-            result.settings["cache_similarity"] = hit.similarity
-        return True
-
-    async def _store_in_cache(
-        self, inp: AskInput, question: str, chunks: list[RetrievedChunk], plan: LLMPlan, result: AskResult
-    ) -> None:
-        try:
-            await workflow.execute_activity(
-                store_cached_answer,
-                CacheStoreInput(
-                    tenant=inp.tenant,
-                    question=question,
-                    prompt_version=inp.prompt_version,
-                    model=result.model,
-                    provider=result.provider,
-                    chunk_ids=[c.chunk_id for c in chunks],
-                    answer=result.answer,
-                    cited_chunk_ids=[c.chunk_id for c in result.citations],
-                    workflow_id=workflow.info().workflow_id,
-                    semantic=plan.semantic_cache,
-                ),
-                start_to_close_timeout=timedelta(minutes=2),
-                retry_policy=CACHE_RETRY,
-            )
-        except ActivityError:
-            workflow.logger.warning("could not store the answer in the cache")
+    def __init__(self) -> None:
+        self._cache_looked_up = False
 
     def _finish(self, result: AskResult) -> AskResult:
-        """Totals over every attempt, and the search attributes operators filter runs by."""
-        result.provider_attempts = self._chain.attempts
-        result.decisions = self._chain.decisions
-        result.usage = self._chain.usage
-        result.cost_usd = self._chain.cost_usd
-        result.settings["llm_model"] = result.model
+        """Totals over every attempt of the run, and the search attributes operators filter by."""
+        result.usage, result.cost_usd, attempts = llm.run_usage()
+        result.provider_attempts = attempts
+        result.settings.llm_model = result.model
         updates = [
             KEEL_COST_USD.value_set(float(result.cost_usd)),
             KEEL_TOKENS.value_set(int(result.usage.prompt_tokens + result.usage.completion_tokens)),

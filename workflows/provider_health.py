@@ -11,8 +11,8 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from keel.contracts import HealthReport, ProviderHealthInput, ProviderHealthState
-    from keel.llm_policy import record_health
+    from keel.llm.types import HealthReport, ProviderHealthInput, ProviderHealthState
+    from keel.llm.policy import record_health
 
 # Continue as new after this many reports, so the history stays small.
 REPORTS_PER_RUN = 500

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from dataclasses import dataclass
 
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from activities.index import index_stats
-    from keel.contracts import IndexStatsInput, IndexStatsOutput
+    from keel import steps
+    from keel.activities.index import IndexStatsOutput
+
+
+@dataclass
+class IndexStatsInput:
+    tenant: str
 
 
 @workflow.defn
 class IndexStats:
     @workflow.run
     async def run(self, inp: IndexStatsInput) -> IndexStatsOutput:
-        return await workflow.execute_activity(
-            index_stats, inp, task_queue=inp.index_task_queue, start_to_close_timeout=timedelta(seconds=60),
-            heartbeat_timeout=timedelta(seconds=30),
-        )
+        return await steps.index_stats(inp.tenant)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from keel.contracts import Charge, PeriodSpend, TenantBudgetInput
+    from keel.llm.types import Charge, PeriodSpend, TenantBudgetInput
 
 CHARGES_PER_RUN = 1000  # continue as new after this many charges
 KEEP_PERIODS = 3  # the current period and two before it

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from keel.contracts import (
+from keel.llm.types import (
     AttemptOutcome,
     DecisionKind,
     HealthReport,

@@ -36,7 +36,7 @@ import os
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from keel.llm import AnthropicClient, ChatClient, ResponseFormat
+from keel.llm.clients import AnthropicClient, ChatClient, ResponseFormat
 
 
 class ProviderKind(str, enum.Enum):

@@ -1,0 +1,179 @@
+"""``KeelPlugin``: what makes a Temporal client and worker a Keel deployment.
+
+Add it to your ``Client`` (workers created from that client inherit it) and write plain
+``@workflow.defn`` classes that call :mod:`keel.steps` and :func:`keel.llm.complete`. The
+plugin registers:
+
+* Keel's activities and workflows (the built-in pipelines and the breaker/budget entity
+  workflows) on your worker, a thread pool for its sync activities, and sandbox pass-through
+  for ``keel`` and ``pydantic``;
+* the pydantic data converter (your pydantic models can be workflow inputs and outputs);
+* extra pollers around your worker: one task queue per LLM provider
+  (``<keel queue>-llm-<name>``, with the provider's ``max_concurrency`` and fleet-wide
+  ``requests_per_second``), the index owner's queue (``index=True``), and Keel's own queue
+  (``settings.task_queue``) where the entity workflows run, if your worker polls another one.
+
+With the embedded index only one process may own the index: run your worker with
+``index=False`` when ``keel up``'s worker already owns it (or run your workflows inside
+``keel up --app yourpkg.workflows``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from concurrent.futures import ThreadPoolExecutor
+
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter
+from temporalio.plugin import SimplePlugin
+from temporalio.worker import Worker, WorkerConfig
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
+
+from keel import _deployment
+from keel.config import KeelSettings
+from keel.llm.providers import provider_task_queue
+
+PASSTHROUGH_MODULES = ("keel", "pydantic", "pydantic_core", "annotated_types")
+
+
+def keel_activities() -> list:
+    from keel.activities.index import INDEX_ACTIVITIES
+    from keel.activities.ingest import INGEST_ACTIVITIES
+    from keel.activities.llm import LLM_ACTIVITIES
+
+    return [*INGEST_ACTIVITIES, *LLM_ACTIVITIES, *INDEX_ACTIVITIES]
+
+
+def keel_workflows() -> list[type]:
+    from keel.workflows import ALL_WORKFLOWS
+
+    return list(ALL_WORKFLOWS)
+
+
+def _data_converter(existing: DataConverter | None) -> DataConverter:
+    # Keep a converter the user chose (e.g. with a codec); replace only the default one.
+    if existing is None or existing.payload_converter_class is DataConverter.default.payload_converter_class:
+        return dataclasses.replace(pydantic_data_converter, payload_codec=existing.payload_codec if existing else None)
+    return existing
+
+
+def _workflow_runner(existing):
+    if isinstance(existing, SandboxedWorkflowRunner):
+        return dataclasses.replace(existing, restrictions=existing.restrictions.with_passthrough_modules(*PASSTHROUGH_MODULES))
+    return existing
+
+
+class KeelPlugin(SimplePlugin):
+    """Keel's activities, workflows, task queues and data converter for a ``Client`` / ``Worker``.
+
+    :param settings: the deployment (task queues, index, provider chain, budgets); defaults to
+        ``KeelSettings()`` (``KEEL_*`` environment variables, ``keel.toml``).
+    :param index: also serve the index owner's queue (index and search steps). With the
+        embedded index exactly one process may do this.
+    :param providers: also serve one queue per LLM provider (the requests of ``complete``).
+    :param max_concurrent_activities: slots of the extra index and Keel-queue workers.
+
+    >>> from keel import KeelPlugin, KeelSettings
+    >>> plugin = KeelPlugin(KeelSettings(task_queue="support"), index=False)
+    >>> plugin.name(), plugin.settings.task_queue
+    ('keel.KeelPlugin', 'support')
+
+    In a worker process::
+
+        client = await Client.connect("127.0.0.1:7233", plugins=[KeelPlugin()])
+        worker = Worker(client, task_queue="support", workflows=[TriageTicket])
+        await worker.run()
+    """
+
+    def __init__(
+        self,
+        settings: KeelSettings | None = None,
+        *,
+        index: bool = True,
+        providers: bool = True,
+        max_concurrent_activities: int = 4,
+    ) -> None:
+        self.settings = settings or KeelSettings()
+        self.index = index
+        self.providers = providers
+        self.max_concurrent_activities = max_concurrent_activities
+        self._extra_queues: set[str] = set()
+        self._executor: ThreadPoolExecutor | None = None
+        super().__init__(
+            "keel.KeelPlugin",
+            data_converter=_data_converter,
+            activities=keel_activities(),
+            workflows=keel_workflows(),
+            workflow_runner=_workflow_runner,
+        )
+        self.deployment = _deployment.Deployment(self.settings.task_queue, self.settings.index_task_queue)
+
+    def executor(self) -> ThreadPoolExecutor:
+        # CPU-bound activities on a 2-core box: a few threads, not dozens.
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=self.max_concurrent_activities, thread_name_prefix="keel")
+        return self._executor
+
+    def configure_worker(self, config: WorkerConfig) -> WorkerConfig:
+        if config.get("task_queue") in self._extra_queues:
+            return config  # one of the plugin's own extra workers, configured below
+        config = super().configure_worker(config)
+        _deployment.register(config["task_queue"], self.deployment)
+        if config.get("activity_executor") is None:
+            config["activity_executor"] = self.executor()
+        return config
+
+    async def run_worker(self, worker: Worker, next) -> None:
+        if worker.task_queue in self._extra_queues:
+            await next(worker)
+            return
+        from keel.activities._runtime import configure
+
+        configure(self.settings).client = worker.client
+        async with contextlib.AsyncExitStack() as stack:
+            for extra in self._extra_workers(worker):
+                await stack.enter_async_context(extra)
+            await next(worker)
+
+    def _extra_workers(self, worker: Worker) -> list[Worker]:
+        from keel.activities.index import INDEX_ACTIVITIES
+        from keel.activities.llm import LLM_REQUEST_ACTIVITIES
+
+        s, client, extra = self.settings, worker.client, []
+
+        def add(queue: str, **kwargs) -> None:
+            if queue == worker.task_queue:
+                return
+            self._extra_queues.add(queue)
+            _deployment.register(queue, self.deployment)
+            extra.append(Worker(client, task_queue=queue, **kwargs))
+
+        if s.task_queue != worker.task_queue:
+            add(
+                s.task_queue,
+                workflows=keel_workflows(),
+                activities=keel_activities(),
+                activity_executor=self.executor(),
+                workflow_runner=_workflow_runner(SandboxedWorkflowRunner()),
+                max_concurrent_activities=self.max_concurrent_activities,
+            )
+        if self.providers:
+            # One queue per provider: its slots bound concurrent requests per worker, and an
+            # optional task-queue rate limit (enforced by the server) bounds the whole fleet.
+            for p in s.provider_chain:
+                add(
+                    provider_task_queue(s.task_queue, p.name),
+                    activities=LLM_REQUEST_ACTIVITIES,
+                    max_concurrent_activities=p.max_concurrency,
+                    max_task_queue_activities_per_second=p.requests_per_second,
+                )
+        if self.index:
+            add(
+                s.index_task_queue,
+                activities=INDEX_ACTIVITIES,
+                activity_executor=self.executor(),
+                max_concurrent_activities=2,
+            )
+        return extra
+
