@@ -1,17 +1,21 @@
-"""Record one history per workflow type into ``tests/histories/`` from a running stack.
+"""Record one history per workflow type into ``tests/histories/<version>/``.
 
-    keel up && python -m tests.record_histories
+    python -m tests.record_histories
 
-Uses the embedded default's settings (``KEEL_*``), the sample corpus and the configured LLM.
-Then, on the same Temporal server, a second deployment with a chain of two fault-injecting
-providers records the LLM paths the local model never takes: retries, a fall-over to the next
-provider, a repair re-ask, and an answer-cache hit.
+Self-contained: starts its own dev server, a deployment whose LLM is the fake server, and
+records an ingest of the sample corpus, an ask, index stats, the breaker and the budget ledger.
+Then a second deployment with a chain of two fault-injecting providers records the LLM paths
+the happy path never takes: retries, a fall-over to the next provider, a repair re-ask, and an
+answer-cache hit. Histories of a released version are never overwritten: this refuses to
+write into a version folder that already holds them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import importlib.metadata
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -21,23 +25,42 @@ from keel.llm.providers import ProviderConfig, provider_health_id, tenant_budget
 from keel.stack import Stack
 from keel.testing.fake_openai import FakeOpenAI, Step
 from tests.conftest import CORPUS, KeelEnv
-from keel.workflows import AnswerQuestion, IngestDocument, ProviderHealth
+from keel.workflows import AnswerQuestion, IndexStats, IndexStatsInput, IngestDocument, ProviderHealth
 
-OUT = Path(__file__).parent / "histories"
+VERSION = importlib.metadata.version("keel")
+OUT = Path(__file__).parent / "histories" / VERSION
 
 
 async def main() -> None:
     from temporalio.client import Client
 
-    settings = KeelSettings()
-    env = KeelEnv(settings=settings, stack=None, client=await Client.connect(settings.temporal_address))
+    from keel.plugin import KeelPlugin
+    from keel.testing import DevServer
+
+    if list(OUT.glob("*.json")):
+        raise SystemExit(f"{OUT} already holds histories of release {VERSION}: they are never overwritten")
+    with DevServer() as server, FakeOpenAI(model="history-model") as llm, tempfile.TemporaryDirectory() as tmp:
+        settings = KeelSettings(
+            data_dir=Path(tmp), temporal_address=server.address, llm_start_local=False, llm_base_url=llm.base_url,
+            llm_model="history-model", task_queue="histories", index_task_queue="histories-index",
+        )
+        stack = Stack(settings)
+        stack.up(workers=1, say=print)
+        try:
+            client = await Client.connect(settings.temporal_address, plugins=[KeelPlugin(settings)])
+            await record(KeelEnv(settings=settings, stack=stack, client=client))
+        finally:
+            stack.down(say=print)
+
+
+async def record(env: KeelEnv) -> None:
+    settings = env.settings
     tenant = f"histories-{uuid.uuid4().hex[:8]}"  # a fresh tenant, so every step really runs
     corpus_handle = await env.start_ingest([CORPUS / "history.txt", CORPUS / "membership.md"], tenant)
     await corpus_handle.result()
     _, ask_handle = await env.ask("How much does a family membership cost?", tenant)
     stats_handle = await env.client.start_workflow(
-        "IndexStats", {"tenant": tenant, "index_task_queue": settings.index_task_queue},
-        id=env.workflow_id("stats"), task_queue=settings.task_queue,
+        IndexStats.run, IndexStatsInput(tenant=tenant), id=env.workflow_id("stats"), task_queue=settings.task_queue
     )
     await stats_handle.result()
     query = f"WorkflowType = '{IngestDocument.__name__}' AND WorkflowId STARTS_WITH 'ingest-doc-{tenant}-'"
@@ -52,7 +75,7 @@ async def main() -> None:
         "ProviderHealth": await provider_outage_and_recovery(env, settings),
     }
     handles.update(await chain_histories(env.client, settings))
-    OUT.mkdir(exist_ok=True)
+    OUT.mkdir(parents=True, exist_ok=True)
     for name, handle in handles.items():
         history = await handle.fetch_history()
         (OUT / f"{name}.json").write_text(history.to_json())

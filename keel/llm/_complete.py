@@ -219,13 +219,13 @@ async def complete(
 
     >>> import asyncio
     >>> from pydantic import BaseModel
-    >>> from keel.testing import FakeOpenAI, Step
+    >>> from keel.testing import FakeOpenAI, Step, in_process
     >>> from keel.llm import complete
     >>> class Triage(BaseModel):
     ...     category: str
     ...     priority: int
-    >>> with FakeOpenAI() as fake, fake.configure_keel():
-    ...     fake.script(Step.reply('{"category": "billing", "priority": 2}'))
+    >>> with FakeOpenAI() as fake, in_process(fake):
+    ...     fake.script(Step.ok('{"category": "billing", "priority": 2}'))
     ...     result = asyncio.run(complete("Card charged twice", Triage, tenant="acme"))
     >>> result.ok, result.value, len(result.attempts)
     (True, Triage(category='billing', priority=2), 1)
