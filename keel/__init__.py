@@ -41,7 +41,7 @@ from keel.errors import (
     MissingTenant,
 )
 from keel.llm import LLMCache, LLMResult, Message, ProviderConfig, RunBudget, complete
-from keel.options import STEP_DEFAULTS, StepOptions
+from keel.options import StepOptions
 from keel.plugin import KeelPlugin
 from keel.types import (
     ChunkSpec,
@@ -61,7 +61,6 @@ from keel.types import (
 )
 
 __all__ = [
-    "STEP_DEFAULTS",
     "BadDocument",
     "BudgetExceeded",
     "ChunkSpec",

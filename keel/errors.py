@@ -34,6 +34,15 @@ from datetime import timedelta
 
 
 class KeelError(Exception):
+    """The root of Keel's errors; ``retryable`` says whether Temporal should try the step again.
+
+    >>> try:
+    ...     raise EmptyDocument("a.txt: the file is empty (0 bytes)")
+    ... except BadDocument as e:
+    ...     print(type(e).__name__, e.retryable, e.message)
+    EmptyDocument False a.txt: the file is empty (0 bytes)
+    """
+
     retryable: bool = True
 
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
@@ -43,6 +52,12 @@ class KeelError(Exception):
 
 
 class BadDocument(KeelError):
+    """The input itself is wrong: retrying cannot help, so the step fails at once.
+
+    >>> "CorruptDocument" in NON_RETRYABLE and issubclass(CorruptDocument, BadDocument)
+    True
+    """
+
     retryable = False
 
 
@@ -71,17 +86,38 @@ class DocumentTooLarge(BadDocument):
 
 
 class MissingTenant(KeelError):
+    """An index read or write without a tenant: every read is inside one tenant.
+
+    >>> from keel.retrieval.store import _require_tenant
+    >>> _require_tenant("")
+    Traceback (most recent call last):
+    keel.errors.MissingTenant: a tenant is required for every index read and write
+    """
+
     retryable = False
 
 
 class InvalidFilter(KeelError):
-    """A search filter that cannot mean anything (a malformed date, an empty range)."""
+    """A search filter that cannot mean anything (a malformed date, an empty range).
+
+    >>> from keel.types import Filters
+    >>> Filters(date_from="yesterday").conditions()
+    Traceback (most recent call last):
+    keel.errors.InvalidFilter: not an ISO date (YYYY-MM-DD): 'yesterday'
+    """
 
     retryable = False
 
 
 class BudgetExceeded(KeelError):
-    """The tenant's period budget is spent and no ``budget_fallback`` provider is configured."""
+    """The tenant's period budget is spent and no ``budget_fallback`` provider is configured.
+
+    Inside a workflow :func:`keel.llm.complete` raises it as a non-retryable
+    ``ApplicationError`` of this type name, so the run fails visibly in the UI.
+
+    >>> BudgetExceeded.__name__ in NON_RETRYABLE
+    True
+    """
 
     retryable = False
 
@@ -92,6 +128,10 @@ class LLMError(KeelError):
     ``usage_estimated`` is True when the provider did not report usage but may have run the
     model (a timeout or dropped connection after the request was sent, an unreadable 200 body):
     the prompt is then counted at an estimated size. Error statuses (429, 5xx, 4xx) bill nothing.
+
+    >>> e = LLMRateLimited("LLM rate limited (429)", retry_after=2.0)
+    >>> e.retryable, e.retry_after, LLMRequestRejected("401").retryable
+    (True, 2.0, False)
     """
 
     def __init__(

@@ -117,7 +117,11 @@ class EmbeddingSpec:
 
 
 class Fusion(str, enum.Enum):
-    """How dense and keyword results are combined."""
+    """How dense and keyword results are combined.
+
+    >>> Fusion("rrf") is Fusion.RECIPROCAL_RANK_FUSION
+    True
+    """
 
     RECIPROCAL_RANK_FUSION = "rrf"
 
@@ -204,7 +208,17 @@ def date_ts(value: str) -> int:
 
 @dataclass
 class Elements:
-    """A partitioned (and maybe scrubbed) document: typed text elements in the blob store."""
+    """A partitioned (and maybe scrubbed) document: typed text elements in the blob store.
+
+    What :func:`keel.steps.partition` returns and :func:`keel.steps.scrub_pii` and
+    :func:`keel.steps.chunk` take; only the key and counts enter workflow history.
+
+    >>> import asyncio
+    >>> from keel import steps
+    >>> elements = asyncio.run(steps.partition(b"Open daily.", filename="hours.txt"))
+    >>> elements.count, elements.characters
+    (1, 11)
+    """
 
     key: str  # blob: [{"type": "Title" | "NarrativeText" | ..., "text": ...}]
     count: int
@@ -215,7 +229,15 @@ class Elements:
 
 @dataclass
 class Chunks:
-    """A document's chunks in the blob store, with the spec that cut them."""
+    """A document's chunks in the blob store, with the spec that cut them.
+
+    >>> import asyncio
+    >>> from keel import steps, ChunkSpec
+    >>> elements = asyncio.run(steps.partition(b"Open daily.", filename="hours.txt"))
+    >>> chunks = asyncio.run(steps.chunk(elements, spec=ChunkSpec(max_tokens=60, overlap_tokens=6)))
+    >>> chunks.count, chunks.spec
+    (1, ChunkSpec(max_tokens=60, overlap_tokens=6))
+    """
 
     key: str  # blob: [{"text": ..., "section": ...}]
     count: int
@@ -224,6 +246,12 @@ class Chunks:
 
 @dataclass
 class ChunkText:
+    """One chunk's text, as :func:`keel.steps.read_chunks` returns it.
+
+    >>> ChunkText(number=0, text="Open daily.", section="Hours").section
+    'Hours'
+    """
+
     number: int
     text: str
     section: str = ""
@@ -231,7 +259,15 @@ class ChunkText:
 
 @dataclass
 class Vectors:
-    """Embeddings of a :class:`Chunks`, one row per chunk, in the blob store."""
+    """Embeddings of a :class:`Chunks`, one row per chunk, in the blob store.
+
+    >>> import asyncio
+    >>> from keel import steps
+    >>> chunks = asyncio.run(steps.chunk(asyncio.run(steps.partition(b"Open daily.", filename="a.txt"))))
+    >>> vectors = asyncio.run(steps.embed(chunks))
+    >>> vectors.count, vectors.dimensions, vectors.model
+    (1, 384, 'all-MiniLM-L6-v2')
+    """
 
     key: str  # blob: float32 matrix, .npy bytes
     count: int
@@ -241,19 +277,40 @@ class Vectors:
 
 @dataclass
 class ScrubbedText:
+    """A text with personal data replaced, and how many spans of each type were replaced.
+
+    >>> import asyncio
+    >>> from keel import steps
+    >>> out = asyncio.run(steps.scrub_pii("Mail jane.doe@example.com about the lens"))
+    >>> out.text, out.pii_counts
+    ('Mail <EMAIL_ADDRESS> about the lens', {'EMAIL_ADDRESS': 1})
+    """
+
     text: str
     pii_counts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
 class IndexResult:
+    """What :func:`keel.steps.index_document` wrote: this version's points, and how many
+    points of other versions it removed.
+
+    >>> IndexResult(upserted=12, removed_stale=10)
+    IndexResult(upserted=12, removed_stale=10)
+    """
+
     upserted: int
     removed_stale: int
 
 
 @dataclass
 class SearchHit:
-    """One retrieved chunk."""
+    """One retrieved chunk.
+
+    >>> hit = SearchHit("c1", "d1", "/docs/faq.md", "Open daily.", score=0.61, fused_score=0.05)
+    >>> hit.source, hit.score
+    ('/docs/faq.md', 0.61)
+    """
 
     chunk_id: str
     document_id: str

@@ -8,6 +8,18 @@
     cache.py      the answer cache (SQLite, exact and semantic)
     types.py      messages, results, attempts, plans, entity state
     _complete.py  complete(): inside a workflow durable steps, outside one in-process
+
+>>> import asyncio
+>>> from pydantic import BaseModel
+>>> from keel import llm
+>>> from keel.testing import FakeOpenAI, Step, in_process
+>>> class Priority(BaseModel):
+...     level: int
+>>> with FakeOpenAI() as fake, in_process(fake):
+...     fake.script(Step.ok('{"level": "high"}'), Step.ok('{"level": 2}'))  # invalid, then repaired
+...     out = asyncio.run(llm.complete("How urgent is an outage?", Priority, tenant="acme"))
+>>> out.ok, out.value.level, [a.outcome.value for a in out.attempts]
+(True, 2, ['invalid', 'answered'])
 """
 
 from keel.llm._complete import complete, run_usage

@@ -47,7 +47,18 @@ class ProviderKind(str, enum.Enum):
 
 
 class ProviderConfig(BaseModel):
-    """One LLM endpoint of the chain."""
+    """One LLM endpoint of the chain (``[[providers]]`` in ``keel.toml``; every field below).
+
+    >>> p = ProviderConfig(name="openai", base_url="https://api.openai.com/v1", model="gpt-4o-mini",
+    ...                    price_prompt_per_1k=0.00015, price_completion_per_1k=0.0006)
+    >>> round(p.cost_usd(prompt_tokens=1000, completion_tokens=500), 6)
+    0.00045
+    >>> ProviderConfig(name="bad name", base_url="http://x", model="m")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    pydantic_core._pydantic_core.ValidationError: 1 validation error for ProviderConfig
+    name
+      String should match pattern '^[A-Za-z0-9_.-]+$' ...
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -51,6 +51,9 @@ class LLMCache:
     :param semantic: also look up questions of similar meaning (cosine >= the deployment's threshold).
     :param version: the prompt's version: a new prompt never gets an old prompt's answers.
     :param read: False skips the lookup (a fresh value still refreshes the entry).
+
+    >>> LLMCache(key="when was the lens restored?", context_ids=["c1", "c2"], version="answer-v1").semantic
+    True
     """
 
     key: str | None = None
@@ -195,6 +198,10 @@ class LLMResult(Generic[T]):
 
     ``attempts`` lists every request of this call (Temporal retries, repairs and other providers
     included) with its usage and cost; ``usage`` and ``cost_usd`` are their totals.
+
+    >>> r = LLMResult(ok=False, reason="invalid answer after repair: priority: Input should be a valid integer")
+    >>> r.ok, r.value, r.reason.startswith("invalid")
+    (False, None, True)
     """
 
     ok: bool
