@@ -34,8 +34,13 @@ demo: $(STAMP)
 	$(KEEL) ask "How much does a family membership cost?" --tenant $(TENANT)
 	@echo "The stack keeps running for the Web UI; stop it with: $(KEEL) down"
 
+EXAMPLES := examples/support_triage examples/summarizer
+
+# Keel's own suite, then each example project's, from its own folder (each is a separate user
+# project with its own `workflows` package, so they do not share one interpreter).
 test: $(STAMP)
 	$(PY) -m pytest -q
+	@for project in $(EXAMPLES); do echo "== $$project"; (cd $$project && $(CURDIR)/$(PY) -m pytest -q) || exit 1; done
 
 up: $(STAMP)
 	$(KEEL) up

@@ -3,7 +3,8 @@
     .venv/bin/keel up                      # or point KEEL_TEMPORAL_ADDRESS at your cluster
     .venv/bin/python examples/client.py
 
-The service needs only ``temporalio`` and Keel's contracts; the heavy work runs on the workers.
+The client needs ``KeelPlugin`` (for the pydantic data converter Keel's workers use); the heavy
+work runs on the workers.
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ from pathlib import Path
 
 from temporalio.client import Client
 
-from keel.config import KeelSettings
+from keel import KeelPlugin, KeelSettings
 from keel.workflows import AnswerQuestion, IngestCorpus
 
 
 async def main() -> None:
     settings = KeelSettings()
-    client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
+    client = await Client.connect(
+        settings.temporal_address, namespace=settings.temporal_namespace, plugins=[KeelPlugin(settings)]
+    )
 
     corpus = Path(__file__).parent / "corpus"
     ingest = await client.start_workflow(

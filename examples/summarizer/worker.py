@@ -1,0 +1,48 @@
+"""The summarizer worker: ``python worker.py`` (from this folder).
+
+It runs this project's workflows on the ``summaries`` task queue, and with ``KeelPlugin`` Keel's
+steps and one queue per LLM provider. Summaries never touch the search index, so this worker
+leaves the index to its owner (``index=False``) and can run next to ``keel up``'s workers.
+Settings come from ``KEEL_*`` variables or ``keel.toml`` (``KeelSettings``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+# Before anything imports the document and model libraries: no telemetry, no model downloads.
+from keel.offline import configure_offline
+
+configure_offline()
+
+from temporalio.client import Client  # noqa: E402
+from temporalio.worker import Worker  # noqa: E402
+
+from keel import KeelPlugin, KeelSettings  # noqa: E402
+from workflows import WORKFLOWS  # noqa: E402
+
+TASK_QUEUE = "summaries"
+
+
+async def main() -> None:
+    settings = KeelSettings()
+    client = await Client.connect(
+        settings.temporal_address, namespace=settings.temporal_namespace, plugins=[KeelPlugin(settings, index=False)]
+    )
+    worker = Worker(client, task_queue=TASK_QUEUE, workflows=WORKFLOWS)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    # Leaving the block stops polling and shuts the worker down; work it leaves unfinished is
+    # retried by Temporal when a worker polls again.
+    async with worker:
+        logging.info("polling %r at %s", TASK_QUEUE, settings.temporal_address)
+        await stop.wait()
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    asyncio.run(main())
