@@ -44,6 +44,7 @@ from temporalio.client import Client, WorkflowFailureError  # noqa: E402
 from temporalio.service import RPCError  # noqa: E402
 
 from keel.config import KeelSettings  # noqa: E402
+from keel.plugin import KeelPlugin  # noqa: E402
 from keel.workflows import AskResult  # noqa: E402
 from keel.llm.providers import ProviderConfig, provider_health_id  # noqa: E402
 from keel.stack import Stack  # noqa: E402
@@ -160,7 +161,7 @@ async def main() -> int:
         stack = Stack(settings)
         stack.up(workers=1, say=lambda _: None)
         try:
-            client = await Client.connect(address)
+            client = await Client.connect(address, plugins=[KeelPlugin(settings)])
             summary = await client.execute_workflow(
                 IngestCorpus.run, settings.ingest_input(TENANT, [str(DOCUMENT)]),
                 id=f"bench-ingest-{uuid.uuid4().hex[:8]}", task_queue=queue,

@@ -19,9 +19,11 @@ Prints ONE JSON line on stdout::
 
     {"keel_p50_s": {"0": a, "1": b}, "inprocess_p50_s": {"0": c, "1": d}, "ratio": {"0": a/c, "1": b/d}}
 
-and, on stderr, p95s, failures, and the per-step breakdown of Keel's asks from their event
-histories (median over the asks of each gap between consecutive events), which shows where the
-overhead sits: workflow tasks, activity dispatch through task queues, local activities.
+and, on stderr, p95s, failures, the in-process steps' times, and the breakdown of Keel's asks
+from their event histories (median over the asks: each event's time, and each hop: workflow task
+and activity dispatch (scheduled→started) and run (started→completed; a workflow task's run
+includes its local activities)), which shows where the overhead sits. The machine's load
+average is printed too: other processes on the box skew every number here.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -88,7 +91,7 @@ def p95(values: list[float]) -> float:
 class Side:
     times: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
-    histories: list[list[tuple[str, float]]] = field(default_factory=list)  # Keel only
+    histories: list[list[Event]] = field(default_factory=list)  # Keel only
     edges: list[tuple[float, float]] = field(default_factory=list)  # Keel only: (submit→started, completed→result) s
 
 
@@ -118,21 +121,72 @@ def _marker_activity(e) -> str:
         return "?"
 
 
-def event_label(e) -> str:
-    name = EventType.Name(e.event_type).removeprefix("EVENT_TYPE_")
-    if e.HasField("activity_task_scheduled_event_attributes"):
-        a = e.activity_task_scheduled_event_attributes
-        return f"{name}({a.activity_type.name} @{a.task_queue.name})"
-    if e.HasField("marker_recorded_event_attributes"):
-        return f"{name}(local {_marker_activity(e)})"
-    if e.HasField("workflow_execution_signaled_event_attributes"):
-        return f"{name}({e.workflow_execution_signaled_event_attributes.signal_name})"
-    return name
+def _scheduled_id(e) -> int | None:
+    for attr in ("workflow_task_started", "workflow_task_completed", "activity_task_started", "activity_task_completed"):
+        if e.HasField(f"{attr}_event_attributes"):
+            return getattr(e, f"{attr}_event_attributes").scheduled_event_id
+    return None
 
 
-async def history_of(client: Client, wid: str) -> list[tuple[str, float]]:
-    history = await client.get_workflow_handle(wid).fetch_history()
-    return [(event_label(e), e.event_time.ToMicroseconds() / 1e6) for e in history.events]
+@dataclass
+class Event:
+    id: int
+    kind: str  # EventType name without the prefix
+    label: str
+    t: float  # server time, s since the epoch
+    scheduled: int | None = None  # for WFT/activity started/completed: its scheduled event id
+
+
+def history_events(history) -> list[Event]:
+    events: list[Event] = []
+    names: dict[int, str] = {}  # scheduled event id -> what it schedules
+    wft = 0
+    for e in history.events:
+        kind = EventType.Name(e.event_type).removeprefix("EVENT_TYPE_")
+        sched = _scheduled_id(e)
+        if kind == "WORKFLOW_TASK_SCHEDULED":
+            wft += 1
+            names[e.event_id] = f"WFT{wft}"
+            label = f"{kind} (WFT{wft})"
+        elif kind == "ACTIVITY_TASK_SCHEDULED":
+            a = e.activity_task_scheduled_event_attributes
+            names[e.event_id] = a.activity_type.name
+            label = f"{kind} ({a.activity_type.name} @{a.task_queue.name})"
+        elif sched is not None:
+            label = f"{kind} ({names.get(sched, '?')})"
+        elif kind == "MARKER_RECORDED":
+            label = f"{kind} (local activity {_marker_activity(e)})"
+        elif kind == "WORKFLOW_EXECUTION_SIGNALED":
+            label = f"{kind} ({e.workflow_execution_signaled_event_attributes.signal_name})"
+        else:
+            label = kind
+        events.append(Event(e.event_id, kind, label, e.event_time.ToMicroseconds() / 1e6, sched))
+    return events
+
+
+def hops(events: list[Event]) -> dict[str, float]:
+    """Seconds per hop: every WFT's dispatch (scheduled→started) and run (started→completed,
+    local activities included), every activity's dispatch and run, and their sums."""
+    by_id = {e.id: e for e in events}
+    started: dict[int, float] = {}
+    out: dict[str, float] = defaultdict(float)
+    for e in events:
+        if e.scheduled is None:
+            continue
+        what = by_id[e.scheduled].label.split("(", 1)[1].split(" @")[0].rstrip(")")
+        if e.kind.endswith("_STARTED"):
+            started[e.scheduled] = e.t
+            out[f"{what} dispatch (scheduled→started)"] = e.t - by_id[e.scheduled].t
+        elif e.kind.endswith("_COMPLETED") and e.scheduled in started:
+            out[f"{what} run (started→completed)"] = e.t - started[e.scheduled]
+    for k, v in list(out.items()):
+        group = "workflow tasks" if k.startswith("WFT") else "activities"
+        out[f"Σ {group}: {k.split(' ', 1)[1].split(' (')[0]}"] += v
+    return dict(out)
+
+
+async def history_of(client: Client, wid: str) -> list[Event]:
+    return history_events(await client.get_workflow_handle(wid).fetch_history())
 
 
 async def run_keel(client: Client, settings: KeelSettings, n: int, warmup: int, label: str) -> Side:
@@ -157,7 +211,7 @@ async def run_keel(client: Client, settings: KeelSettings, n: int, warmup: int, 
         wid, wall0, wall1 = stamp.split("|")
         events = await history_of(client, wid)
         side.histories.append(events)
-        side.edges.append((events[0][1] - float(wall0), float(wall1) - events[-1][1]))
+        side.edges.append((events[0].t - float(wall0), float(wall1) - events[-1].t))
     return side
 
 
@@ -230,21 +284,26 @@ def breakdown(side: Side, label: str) -> None:
         return
     shapes = defaultdict(list)
     for h in side.histories:
-        shapes[tuple(name for name, _ in h)].append(h)
+        shapes[tuple(e.label for e in h)].append(h)
     shape, histories = max(shapes.items(), key=lambda kv: len(kv[1]))
-    log(f"\nKeel L={label}s: event history of an ask (median over {len(histories)} of {len(side.histories)} asks "
-        f"with this event sequence; ms; gap = since the previous event)")
-    log(f"  {'client submit → WorkflowExecutionStarted':<78} {1000 * p50([e[0] for e in side.edges]):8.1f}")
-    offsets = [[t - h[0][1] for _, t in h] for h in histories]
-    for i, name in enumerate(shape):
-        at = p50([o[i] for o in offsets]) * 1000
-        gap = p50([o[i] - o[i - 1] for o in offsets]) * 1000 if i else 0.0
-        log(f"  {i + 1:>2} {name:<75} gap {gap:7.1f}   at {at:7.1f}")
-    log(f"  {'WorkflowExecutionCompleted → client has the result':<78} {1000 * p50([e[1] for e in side.edges]):8.1f}")
-    log(f"  {'total (client wall time)':<78} {1000 * p50(side.times):8.1f}")
-    others = [s for s in shapes if s != shape]
-    for s in others:
-        log(f"  ({len(shapes[s])} ask(s) had another event sequence of {len(s)} events)")
+    log(f"\nKeel L={label}s: one ask's event history, in time order (median over the {len(histories)} of "
+        f"{len(side.histories)} asks with this event sequence; ms since WORKFLOW_EXECUTION_STARTED)")
+    log(f"  {'client: execute_workflow called → WORKFLOW_EXECUTION_STARTED':<90} {1000 * p50([e[0] for e in side.edges]):7.1f}")
+    at = [p50([h[i].t - h[0].t for h in histories]) * 1000 for i in range(len(shape))]
+    previous = 0.0
+    for i in sorted(range(len(shape)), key=lambda i: (at[i], i)):
+        log(f"  {i + 1:>3} {shape[i]:<80} at {at[i]:7.1f}  +{at[i] - previous:6.1f}")
+        previous = at[i]
+    log(f"  {'client: WORKFLOW_EXECUTION_COMPLETED → result returned':<90} {1000 * p50([e[1] for e in side.edges]):7.1f}")
+    log(f"  {'client wall time (p50 of all asks)':<90} {1000 * p50(side.times):7.1f}")
+    for s in shapes:
+        if s != shape:
+            log(f"  ({len(shapes[s])} ask(s) had another event sequence, of {len(s)} events)")
+    per = [hops(h) for h in histories]
+    log(f"  hops (ms, median over {len(per)} asks):")
+    keys = sorted(per[0], key=lambda k: (k.startswith("Σ"), k.startswith("Σ") and k or ""))
+    for k in keys:
+        log(f"    {k:<70} {1000 * p50([p.get(k, 0.0) for p in per]):7.1f}")
 
 
 # --- main --------------------------------------------------------------------------------------
@@ -256,6 +315,7 @@ async def bench(args, tmp: Path, cleanups: list) -> dict:
     fake = FakeOpenAI()
     fake.start()
     cleanups.append(fake.stop)
+    log("load average (1/5/15 min): %.2f %.2f %.2f on %d cores" % (*os.getloadavg(), os.cpu_count()))
     t = time.perf_counter()
     server.start()
     log(f"dev server on {server.address} ({time.perf_counter() - t:.1f}s)")
@@ -308,6 +368,7 @@ async def bench(args, tmp: Path, cleanups: list) -> dict:
         log(f"in-process L={label}s: p50 {p50(inproc[label].times):.3f}s p95 {p95(inproc[label].times):.3f}s "
             f"({len(inproc[label].failures)} failures, {time.perf_counter() - t:.1f}s)")
     fake.default = Step.answer()
+    log("load average (1/5/15 min): %.2f %.2f %.2f" % os.getloadavg())
 
     log("\nsummary (s)            p50       p95    failures")
     for label in LATENCIES:

@@ -14,6 +14,7 @@ with :func:`to_application_error`, and the workflows' retry policies list
     │   └── DocumentTooLarge
     ├── MissingTenant          (non-retryable)
     ├── InvalidFilter          (non-retryable: malformed date, empty range)
+    ├── InvalidRequest         (non-retryable: a call that cannot succeed as written)
     ├── BudgetExceeded         (non-retryable: a tenant's budget is spent, no budget provider)
     └── LLMError               (carries the tokens the failed attempt may have been billed for)
         ├── LLMRequestRejected (non-retryable: 400/401/403/404/422)
@@ -104,6 +105,21 @@ class InvalidFilter(KeelError):
     >>> Filters(date_from="yesterday").conditions()
     Traceback (most recent call last):
     keel.errors.InvalidFilter: not an ISO date (YYYY-MM-DD): 'yesterday'
+    """
+
+    retryable = False
+
+
+class InvalidRequest(KeelError):
+    """A call that cannot succeed as written (an empty prompt, an unknown prompt version).
+
+    Raised in workflow code, it fails the run at once with this type (``KeelPlugin`` registers
+    Keel's errors as workflow failures) instead of a workflow task that retries forever.
+
+    >>> from keel.llm.prompts import answer_messages
+    >>> answer_messages("answer-v9", "q", None)
+    Traceback (most recent call last):
+    keel.errors.InvalidRequest: unknown prompt_version 'answer-v9'; known: answer-v1
     """
 
     retryable = False

@@ -32,6 +32,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from keel import _deployment
 from keel.config import KeelSettings
+from keel.errors import KeelError
 from keel.llm.providers import provider_task_queue
 
 PASSTHROUGH_MODULES = ("keel", "pydantic", "pydantic_core", "annotated_types")
@@ -106,6 +107,9 @@ class KeelPlugin(SimplePlugin):
             activities=keel_activities(),
             workflows=keel_workflows(),
             workflow_runner=_workflow_runner,
+            # A Keel error raised in workflow code (an invalid request, a bad filter) fails the
+            # run, typed and visible, instead of a workflow task that retries forever.
+            workflow_failure_exception_types=[KeelError],
         )
         self.deployment = _deployment.Deployment(self.settings.task_queue, self.settings.index_task_queue)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from keel.llm.prompts import NOT_ANSWERABLE
-from keel.types import Filters as QueryFilters
+from keel.types import Filters
 from keel.testing.fake_openai import Step
 from tests.conftest import CORPUS, SHARED_DATA, KeelEnv
 from keel.workflows.ingest import IngestDocument
@@ -117,16 +117,16 @@ async def test_metadata_filters_and_metadata_changes(keel: KeelEnv, fake_llm, tm
 
     question = "What did the keeper log about the fog signal?"
     docs = lambda result: sorted(Path(c.document).name for c in result.citations)  # noqa: E731
-    both, _ = await keel.ask(question, tenant="meta", filters=QueryFilters(tags=["public"]))
-    ops, _ = await keel.ask(question, tenant="meta", filters=QueryFilters(tags=["ops"]))
+    both, _ = await keel.ask(question, tenant="meta", filters=Filters(tags=["public"]))
+    ops, _ = await keel.ask(question, tenant="meta", filters=Filters(tags=["ops"]))
     assert set(docs(ops)) == {"north.txt"} and len(ops.citations) >= 1
     assert ops.settings.filters.tags == ["ops"]  # the run records what it was narrowed to
-    dated, _ = await keel.ask(question, tenant="meta", filters=QueryFilters(date_from="2024-01-01", date_to="2024-12-31"))
+    dated, _ = await keel.ask(question, tenant="meta", filters=Filters(date_from="2024-01-01", date_to="2024-12-31"))
     assert set(docs(dated)) == {"north.txt"}
-    later, _ = await keel.ask(question, tenant="meta", filters=QueryFilters(date_from="2025-01-01"))
+    later, _ = await keel.ask(question, tenant="meta", filters=Filters(date_from="2025-01-01"))
     assert not later.answerable and later.citations == []
     south = str((tmp_path / "south.txt").resolve())
-    only, _ = await keel.ask(question, tenant="meta", filters=QueryFilters(source=south))
+    only, _ = await keel.ask(question, tenant="meta", filters=Filters(source=south))
     assert set(docs(only)) == {"south.txt"}
     assert set(docs(both)) <= {"north.txt", "south.txt"}
 
@@ -134,7 +134,7 @@ async def test_metadata_filters_and_metadata_changes(keel: KeelEnv, fake_llm, tm
     (tmp_path / "north.txt.meta.json").write_text(json.dumps({"tags": ["archive"], "date": "2024-04-01"}))
     again = await keel.ingest([tmp_path / "north.txt", tmp_path / "south.txt"], tenant="meta", tags=["public"])
     assert (again.indexed, again.unchanged) == (1, 1)
-    ops, _ = await keel.ask(question, tenant="meta", filters=QueryFilters(tags=["ops"]))
+    ops, _ = await keel.ask(question, tenant="meta", filters=Filters(tags=["ops"]))
     assert not ops.answerable
     assert (await keel.stats("meta")).documents == 2
 
@@ -231,3 +231,24 @@ async def test_question_without_relevant_sources_is_not_answered(keel: KeelEnv, 
 async def test_tenants_never_see_each_others_chunks(keel: KeelEnv, fake_llm, demo_corpus):
     result, _ = await keel.ask("When was the Fresnel lens restored?", tenant="someone-else")
     assert not result.answerable and result.citations == []
+
+
+async def test_a_request_that_cannot_succeed_fails_the_run_typed(keel: KeelEnv, fake_llm, demo_corpus):
+    import asyncio
+    import dataclasses
+
+    from temporalio.client import WorkflowFailureError
+
+    from keel.errors import failure_reason
+    from keel.workflows import AnswerQuestion
+
+    inp = dataclasses.replace(keel.settings.ask_input("acme", "When was the Fresnel lens restored?"), prompt_version="answer-v9")
+    handle = await keel.client.start_workflow(
+        AnswerQuestion.run, inp, id=keel.workflow_id("ask"), task_queue=keel.settings.task_queue
+    )
+    # Not a workflow task retried forever: the run fails at once, typed, readable in the UI.
+    with pytest.raises(WorkflowFailureError) as failed:
+        await asyncio.wait_for(handle.result(), 60)
+    kind, message = failure_reason(failed.value.cause)
+    assert kind == "InvalidRequest" and "answer-v9" in message
+    assert fake_llm.requests == []

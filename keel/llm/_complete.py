@@ -45,7 +45,7 @@ from keel.activities.llm import (
     prepare_llm_call,
     request_llm,
 )
-from keel.errors import LLM_BACKOFF, NON_RETRYABLE, BudgetExceeded, LLMError, failure_reason
+from keel.errors import LLM_BACKOFF, NON_RETRYABLE, BudgetExceeded, InvalidRequest, LLMError, failure_reason
 from keel.llm.policy import INVALID_ANSWER, choose_chain
 from keel.llm.providers import provider_task_queue
 from keel.llm.types import (
@@ -138,7 +138,7 @@ def _messages(prompt: str | Sequence[Message | dict], system: str | None) -> lis
     if system:
         messages.insert(0, Message("system", system))
     if not messages:
-        raise ValueError("complete() needs a prompt or at least one message")
+        raise InvalidRequest("complete() needs a prompt or at least one message")
     return messages
 
 

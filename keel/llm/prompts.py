@@ -21,6 +21,7 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from keel.errors import InvalidRequest
 from keel.llm.types import Message
 from keel.types import SearchResult, source_label
 
@@ -68,7 +69,7 @@ def answer_messages(prompt_version: str, question: str, found: SearchResult) -> 
     try:
         system = PROMPTS[prompt_version]
     except KeyError:
-        raise ValueError(f"unknown prompt_version {prompt_version!r}; known: {', '.join(PROMPTS)}") from None
+        raise InvalidRequest(f"unknown prompt_version {prompt_version!r}; known: {', '.join(PROMPTS)}") from None
     return [
         Message("system", system),
         Message("user", f"Sources:\n{found.sources_text()}\n\nQuestion: {question}"),
