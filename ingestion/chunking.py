@@ -30,7 +30,8 @@ def chunk_elements(
     chunks: list[dict[str, str]] = []
     for title, texts in _sections(elements):
         for body in _pack(texts, max_tokens, overlap_tokens):
-            text = f"{title}\n{body}" if title else body
+            # A heading with no body of its own is chunked once, not as "Title\nTitle".
+            text = f"{title}\n{body}" if title and body != title else body
             chunks.append({"section": title, "text": text})
     return chunks
 
@@ -50,17 +51,18 @@ Word = tuple[str, int]  # (word, its token count)
 
 
 def _pack(texts: list[str], max_tokens: int, overlap: int) -> list[str]:
-    units: list[list[Word]] = []
+    units: list[tuple[list[Word], bool]] = []  # (words, continues the previous window of one element)
     for text in texts:
         words = [(w, count_tokens(w)) for w in text.split()]
-        units.extend(_windows(words, max_tokens, overlap) if _size(words) > max_tokens else [words])
+        windows = _windows(words, max_tokens, overlap) if _size(words) > max_tokens else [words]
+        units.extend((window, i > 0) for i, window in enumerate(windows))
 
     chunks: list[list[Word]] = []
     current: list[Word] = []
-    for unit in units:
+    for unit, continues in units:
         if current and _size(current) + _size(unit) > max_tokens:
             chunks.append(current)
-            tail = _tail(current, overlap)
+            tail = [] if continues else _tail(current, overlap)  # a window already starts with its overlap
             current = tail + unit if _size(tail) + _size(unit) <= max_tokens else list(unit)
         else:
             current = current + unit

@@ -30,9 +30,15 @@ Everything here is public and documented; other modules are Keel's own machinery
 * errors: :class:`KeelError` and its subclasses (:mod:`keel.errors`)
 """
 
-from keel import llm, steps
-from keel.config import KeelSettings
-from keel.errors import (
+from keel.offline import configure_offline
+
+# Keep every process that imports Keel off the network (model hubs, telemetry); setdefault, so
+# an explicit environment wins.
+configure_offline()
+
+from keel import llm, steps  # noqa: E402
+from keel.config import KeelSettings  # noqa: E402
+from keel.errors import (  # noqa: E402
     BadDocument,
     BudgetExceeded,
     InvalidFilter,
@@ -41,10 +47,10 @@ from keel.errors import (
     LLMError,
     MissingTenant,
 )
-from keel.llm import LLMCache, LLMResult, Message, ProviderConfig, RunBudget, complete
-from keel.options import StepOptions
-from keel.plugin import KeelPlugin
-from keel.types import (
+from keel.llm import LLMCache, LLMResult, Message, ProviderConfig, RunBudget, complete  # noqa: E402
+from keel.options import StepOptions  # noqa: E402
+from keel.plugin import KeelPlugin  # noqa: E402
+from keel.types import (  # noqa: E402
     ChunkSpec,
     Chunks,
     ChunkText,

@@ -134,11 +134,15 @@ class KeelPlugin(SimplePlugin):
             return
         from keel.activities._runtime import configure
 
-        configure(self.settings).client = worker.client
-        async with contextlib.AsyncExitStack() as stack:
-            for extra in self._extra_workers(worker):
-                await stack.enter_async_context(extra)
-            await next(worker)
+        runtime = configure(self.settings)
+        runtime.client = worker.client
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                for extra in self._extra_workers(worker):
+                    await stack.enter_async_context(extra)
+                await next(worker)
+        finally:
+            runtime.close()  # the embedded index flushes and releases its lock
 
     def _extra_workers(self, worker: Worker) -> list[Worker]:
         from keel.activities.index import INDEX_ACTIVITIES

@@ -66,7 +66,7 @@ async def test_outage_falls_over_to_the_next_provider(env, fake_providers, fault
     assert len(primary.requests) == 2 and len(fallback.requests) == 1
     # The Anthropic adapter: system prompt in its own field, JSON through a forced tool call.
     sent = fallback.requests[0]
-    assert sent["system"] and sent["tool_choice"] == {"type": "tool", "name": "keel_answer"}
+    assert sent["system"] and sent["tool_choice"] == {"type": "tool", "name": "keel_output"}
     assert all(m["role"] != "system" for m in sent["messages"])
 
 

@@ -112,6 +112,21 @@ def test_chunks_respect_sections_budget_and_overlap():
     assert {f"word{i}" for i in range(400)} <= words  # nothing is dropped
 
 
+def test_a_long_element_is_overlapped_once_and_a_bare_heading_chunked_once():
+    body = " ".join(f"w{i}" for i in range(300))
+    chunks = chunk_elements(
+        [{"type": "Title", "text": "Guide"}, {"type": "Title", "text": "Alpha"}, {"type": "NarrativeText", "text": body}],
+        max_tokens=100,
+        overlap_tokens=10,
+    )
+    assert chunks[0] == {"section": "Guide", "text": "Guide"}
+    for c in chunks[1:]:
+        words = c["text"].split("\n", 1)[1].split()
+        assert len(words) == len(set(words)), "a word repeated inside one chunk: the overlap was added twice"
+    consecutive = [(a["text"].split(), b["text"].split()) for a, b in zip(chunks[1:], chunks[2:])]
+    assert all(set(a[-10:]) & set(b[1:12]) for a, b in consecutive)  # still overlapping
+
+
 def test_overlap_must_be_smaller_than_budget():
     with pytest.raises(ValueError):
         chunk_elements([{"type": "NarrativeText", "text": "x"}], max_tokens=10, overlap_tokens=10)

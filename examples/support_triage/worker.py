@@ -12,16 +12,11 @@ import asyncio
 import logging
 import signal
 
-# Before anything imports the document and model libraries: no telemetry, no model downloads.
-from keel.offline import configure_offline
+from temporalio.client import Client
+from temporalio.worker import Worker
 
-configure_offline()
-
-from temporalio.client import Client  # noqa: E402
-from temporalio.worker import Worker  # noqa: E402
-
-from keel import KeelPlugin, KeelSettings  # noqa: E402
-from workflows import WORKFLOWS  # noqa: E402
+from keel import KeelPlugin, KeelSettings
+from workflows import WORKFLOWS
 
 TASK_QUEUE = "support"
 

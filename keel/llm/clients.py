@@ -33,7 +33,31 @@ class ResponseFormat(str, enum.Enum):
     def request_field(self, schema: dict[str, Any]) -> dict[str, Any]:
         if self is ResponseFormat.JSON_OBJECT:
             return {"type": "json_object", "schema": schema}
-        return {"type": "json_schema", "json_schema": {"name": "keel_answer", "schema": schema, "strict": True}}
+        strict = strict_compatible(schema)
+        return {"type": "json_schema", "json_schema": {"name": "keel_output", "schema": schema, "strict": strict}}
+
+
+def strict_compatible(schema: Any) -> bool:
+    """Whether OpenAI's strict structured outputs accept ``schema``: every object closed
+    (``additionalProperties: false``) with all its properties required. A pydantic model's plain
+    schema often is not (optional fields, open objects): then it is sent non-strict, and Keel's
+    own validation (with a repair re-ask) enforces it.
+
+    >>> strict_compatible({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"],
+    ...                    "additionalProperties": False})
+    True
+    >>> strict_compatible({"type": "object", "properties": {"a": {"type": "string"}}})
+    False
+    """
+    if isinstance(schema, dict):
+        if schema.get("type") == "object" or "properties" in schema:
+            props = schema.get("properties", {})
+            if schema.get("additionalProperties") is not False or set(schema.get("required", [])) != set(props):
+                return False
+        return all(strict_compatible(v) for v in schema.values())
+    if isinstance(schema, list):
+        return all(strict_compatible(v) for v in schema)
+    return True
 
 
 @dataclass
@@ -169,7 +193,7 @@ class AnthropicClient(_HTTPClient):
     :param version: the ``anthropic-version`` header.
     """
 
-    TOOL = "keel_answer"
+    TOOL = "keel_output"
 
     def __init__(
         self, base_url: str, model: str, *, api_key: str | None = None, timeout: float = 120.0, version: str = "2023-06-01"

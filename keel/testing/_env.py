@@ -126,8 +126,11 @@ class KeelTestEnv:
         self.fake_llm = self._fake_arg if isinstance(self._fake_arg, FakeOpenAI) else None
         if self._fake_arg is None:
             self.fake_llm = s.enter_context(FakeOpenAI())
-        data_dir = Path(s.enter_context(tempfile.TemporaryDirectory(prefix="keel-test-")))
-        self.settings = isolated_settings(address, self.fake_llm, data_dir, **self._overrides)
+        overrides = dict(self._overrides)
+        data_dir = overrides.pop("data_dir", None) or s.enter_context(tempfile.TemporaryDirectory(prefix="keel-test-"))
+        # Closed before the data dir goes: the embedded index flushes into it.
+        s.callback(_close_runtime)
+        self.settings = isolated_settings(address, self.fake_llm, Path(data_dir), **overrides)
         self.plugin = KeelPlugin(self.settings)
         self.client = await Client.connect(address, plugins=[self.plugin])
         self.worker = Worker(self.client, task_queue=self.task_queue, workflows=self.workflows, activities=self.activities)
@@ -135,18 +138,25 @@ class KeelTestEnv:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
-        from keel.activities._runtime import runtime
-
-        try:
-            await self._stack.aclose()
-        finally:
-            runtime().close()
+        await self._stack.aclose()
 
     async def execute(self, run: Any, arg: Any, **kwargs: Any) -> Any:
-        """Run a workflow on this env's queue to completion (a fresh workflow id per call)."""
+        """Run a workflow on this env's queue to completion (a fresh workflow id per call).
+
+        Bounded by ``execution_timeout`` (default 5 minutes), so a workflow whose code raises
+        (a workflow task retried until fixed) fails the test instead of hanging it."""
+        from datetime import timedelta
+
         kwargs.setdefault("id", f"test-{uuid.uuid4().hex[:12]}")
         kwargs.setdefault("task_queue", self.task_queue)
+        kwargs.setdefault("execution_timeout", timedelta(minutes=5))
         return await self.client.execute_workflow(run, arg, **kwargs)
+
+
+def _close_runtime() -> None:
+    from keel.activities._runtime import runtime
+
+    runtime().close()
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,9 @@ from workflows import WORKFLOWS, SummarizeDocument, SummarizeInput
 
 DOC = (Path(__file__).parents[1] / "sample" / "annual_report.md").read_text()
 CHUNKS = ChunkSpec(max_tokens=120, overlap_tokens=10)
+# A workflow task that keeps failing is retried, not failed: without a limit a broken workflow
+# would hang the test instead of failing it.
+TIMEOUT = timedelta(minutes=2)
 REDUCE_REPLY = {
     "title": "Harbour Light Station: annual report",
     "summary": "A year of storms, repairs and more visitors.",
@@ -64,7 +68,7 @@ async def test_every_chunk_is_summarised_then_combined(keel_env, keel_fake_llm, 
         Step.ok(json.dumps(REDUCE_REPLY)),
     )
     async with keel_env(WORKFLOWS) as env:
-        result = await env.execute(SummarizeDocument.run, summarize_input(max_parallel=3))
+        result = await env.execute(SummarizeDocument.run, summarize_input(max_parallel=3), execution_timeout=TIMEOUT)
 
     assert result.chunks_total == result.chunks_summarised == len(chunks)
     assert not result.stopped_early and not result.degraded
@@ -93,7 +97,7 @@ async def test_fan_out_is_bounded_by_max_parallel(keel_env, keel_fake_llm, doc_c
     hang = 1.0  # each map request takes this long at the provider
     keel_fake_llm.script(*(Step.hang(hang) for _ in chunks))
     async with keel_env(WORKFLOWS) as env:
-        result = await env.execute(SummarizeDocument.run, summarize_input(max_parallel=2))
+        result = await env.execute(SummarizeDocument.run, summarize_input(max_parallel=2), execution_timeout=TIMEOUT)
 
     assert result.chunks_summarised == result.chunks_total == len(chunks)
     arrivals = keel_fake_llm.arrivals
@@ -118,7 +122,10 @@ async def test_budget_stops_the_map_early_and_still_combines(keel_env, keel_fake
     async with keel_env(WORKFLOWS, providers=[provider]) as env:
         # One chunk at a time: the stop point is then exact.
         inp = summarize_input(max_parallel=1, budget_usd=budget, reduce_share=reduce_share)
-        handle = await env.client.start_workflow(SummarizeDocument.run, inp, id=f"summarize-budget-{uuid.uuid4().hex[:8]}", task_queue=env.task_queue)
+        handle = await env.client.start_workflow(
+            SummarizeDocument.run, inp, id=f"summarize-budget-{uuid.uuid4().hex[:8]}", task_queue=env.task_queue,
+            execution_timeout=TIMEOUT,
+        )
         result = await handle.result()
         history = await handle.fetch_history()
 

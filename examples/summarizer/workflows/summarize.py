@@ -64,7 +64,7 @@ class SummarizeResult:
     pii_counts: dict[str, int] = field(default_factory=dict)
 
 
-CHUNK_SYSTEM = "Summarise the given part of a document in one or two sentences. Keep names, numbers and dates."
+CHUNK_SYSTEM = "Summarise the given part of a document in one or two sentences. Keep its facts: numbers, dates, places."
 REDUCE_SYSTEM = (
     "You are given summaries of consecutive parts of one document. Write its title, a one-paragraph "
     "summary and its key points, using only what the summaries say."
@@ -72,7 +72,7 @@ REDUCE_SYSTEM = (
 
 
 def budget_exhausted(out: LLMResult) -> bool:
-    return any(d.kind is DecisionKind.RUN_BUDGET_EXHAUSTED for d in out.decisions)
+    return any(d.kind == DecisionKind.RUN_BUDGET_EXHAUSTED for d in out.decisions)
 
 
 @workflow.defn
@@ -91,6 +91,8 @@ class SummarizeDocument:
     async def run(self, inp: SummarizeInput) -> SummarizeResult:
         if inp.max_parallel < 1:
             raise ApplicationError("max_parallel must be at least 1", type="InvalidInput", non_retryable=True)
+        if not 0 <= inp.reduce_share < 1:
+            raise ApplicationError("reduce_share must be in [0, 1)", type="InvalidInput", non_retryable=True)
         if (inp.text is None) == (inp.data_b64 is None):
             raise ApplicationError("give exactly one of text and data_b64", type="InvalidInput", non_retryable=True)
         data = inp.text.encode() if inp.text is not None else base64.b64decode(inp.data_b64)
@@ -118,12 +120,11 @@ class SummarizeDocument:
             chunks_total=len(texts),
             chunks_summarised=len(self._partials),
             stopped_early=self._stop_reason is not None,
-            reason=self._stop_reason,
             failed_chunks=sorted(self._failed),
             pii_counts=scrubbed.pii_counts,
         )
-        if self._failed and not result.reason:
-            result.reason = f"{len(self._failed)} chunk(s) could not be summarised"
+        failed = f"{len(self._failed)} chunk(s) could not be summarised" if self._failed else None
+        result.reason = "; ".join(r for r in (self._stop_reason, failed) if r) or None
         if self._partials:
             await self._reduce(inp, result, reduce_budget)
         else:

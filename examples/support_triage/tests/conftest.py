@@ -18,14 +18,6 @@ def triage_env(keel_env):
     @contextlib.asynccontextmanager
     async def env(**settings):
         async with keel_env(WORKFLOWS, **settings) as e:
-            try:
-                yield e
-            finally:
-                # Workaround: KeelTestEnv deletes its data dir before it closes the embedded
-                # index, whose final flush then fails. Closing it here first (idempotent) avoids
-                # that; remove once keel.testing closes the index before the cleanup.
-                from keel.activities._runtime import runtime
-
-                runtime().close()
+            yield e
 
     return env

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 from keel import ProviderConfig
 from keel.testing import Step
@@ -42,6 +43,9 @@ TICKET = Ticket(
     "Please refund the duplicate charge.",
 )
 PRICE_PROMPT, PRICE_COMPLETION = 0.5, 1.5  # USD per 1k tokens
+# A workflow task that keeps failing is retried, not failed: without a limit a broken workflow
+# would hang the test instead of failing it.
+TIMEOUT = timedelta(minutes=2)
 
 
 def triage_json(cited: list[str], category: str = "billing", priority: int = 2) -> str:
@@ -69,7 +73,7 @@ def words(text: str) -> int:
 
 
 async def index_kb(env) -> None:
-    indexed = await env.execute(IndexArticles.run, IndexArticlesInput(TENANT, ARTICLES))
+    indexed = await env.execute(IndexArticles.run, IndexArticlesInput(TENANT, ARTICLES), execution_timeout=TIMEOUT)
     assert indexed.articles == len(ARTICLES)
     assert indexed.chunks >= len(ARTICLES)
 
@@ -79,7 +83,7 @@ async def test_ticket_is_triaged_from_retrieved_articles_without_pii(triage_env,
     async with triage_env(providers=priced(keel_fake_llm)) as env:
         await index_kb(env)
         keel_fake_llm.script(Step.ok(reply))
-        result = await env.execute(TriageTicket.run, TICKET)
+        result = await env.execute(TriageTicket.run, TICKET, execution_timeout=TIMEOUT)
 
     assert not result.escalated and result.reason is None
     assert (result.category, result.priority) == ("billing", 2)
@@ -110,7 +114,7 @@ async def test_output_that_stays_invalid_is_escalated(triage_env, keel_fake_llm)
     async with triage_env() as env:
         await index_kb(env)
         keel_fake_llm.script(Step.schema_violation(), Step.schema_violation())
-        result = await env.execute(TriageTicket.run, TICKET)
+        result = await env.execute(TriageTicket.run, TICKET, execution_timeout=TIMEOUT)
 
     assert result.escalated
     assert result.reason is not None and "invalid" in result.reason
@@ -124,7 +128,7 @@ async def test_an_uncited_article_is_repaired(triage_env, keel_fake_llm):
         await index_kb(env)
         # Valid JSON, but it cites an article that does not exist: only validate= catches that.
         keel_fake_llm.script(Step.ok(triage_json(["made-up-article"])), Step.ok(triage_json(["refunds"])))
-        result = await env.execute(TriageTicket.run, TICKET)
+        result = await env.execute(TriageTicket.run, TICKET, execution_timeout=TIMEOUT)
 
     assert not result.escalated
     assert result.cited_articles == ["refunds"]
@@ -138,7 +142,7 @@ async def test_no_relevant_article_escalates_without_an_llm_call(triage_env, kee
     async with triage_env() as env:
         await index_kb(env)
         # Another tenant's ticket: that tenant's knowledge base is empty.
-        result = await env.execute(TriageTicket.run, Ticket("globex", TICKET.subject, TICKET.body))
+        result = await env.execute(TriageTicket.run, Ticket("globex", TICKET.subject, TICKET.body), execution_timeout=TIMEOUT)
 
     assert result.escalated
     assert result.reason is not None and "no relevant" in result.reason

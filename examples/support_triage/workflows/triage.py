@@ -100,12 +100,12 @@ class Ticket:
 class TriageResult:
     escalated: bool
     reason: str | None = None  # why it was escalated
-    category: str | None = None  # None when escalated
+    category: Category | None = None  # None when escalated
     priority: int | None = None
     answer: str = ""
     cited_articles: list[str] = field(default_factory=list)  # article ids, each one retrieved
     cited_sources: list[str] = field(default_factory=list)  # their titles, same order
-    attempts: int = 0  # provider requests of the run (repairs and Temporal retries included)
+    attempts: int = 0  # provider attempts of the run (repairs and Temporal retries included)
     cost_usd: float = 0.0
     pii_counts: dict[str, int] = field(default_factory=dict)  # removed from the ticket before search and LLM
 
@@ -146,7 +146,7 @@ class TriageTicket:
     @workflow.run
     async def run(self, ticket: Ticket) -> TriageResult:
         # One scrub for subject and body: names and emails never reach the index query or the LLM.
-        clean = await steps.scrub_pii(f"{ticket.subject}\n\n{ticket.body}", policy=__import__("keel").PIIPolicy(enabled=False))
+        clean = await steps.scrub_pii(f"{ticket.subject}\n\n{ticket.body}")
         found = await steps.hybrid_search(ticket.tenant, clean.text, top_k=TOP_K, filters=Filters(tags=[KB_TAG]))
         if not found.relevant:
             return TriageResult(
@@ -162,6 +162,7 @@ class TriageTicket:
             tenant=ticket.tenant,
             system=SYSTEM,
             schema=citation_schema(retrieved),
+            validate=lambda t: citation_errors(t, retrieved),
             max_repairs=1,
         )
         # Run totals, not this call's: they stay right if more LLM calls are added later.
