@@ -5,9 +5,10 @@
   blob store, and looks the answer cache up. One local activity: no task-queue round trip.
 * ``keel.llm_request`` runs on the provider's own task queue (``<queue>-llm-<provider>``): one
   HTTP request; Temporal retries it with the provider's policy. Every attempt, failed or not,
-  reports what it cost to the run it belongs to (signal ``keel_llm_attempt``, handled by
-  ``complete`` itself), to the tenant's ledger and, on a failure, to the provider's breaker,
-  before it returns or raises: Temporal's retries are never invisible in Keel's accounting.
+  reports what it cost to the run it belongs to (a failed one by signal ``keel_llm_attempt``,
+  handled by ``complete`` itself; a reply in its result), to the tenant's ledger and, on a
+  failure, to the provider's breaker, before it returns or raises: Temporal's retries are never
+  invisible in Keel's accounting.
 * ``keel.llm_finish`` (local): stores a validated value in the cache and tells breakers about
   providers that answered after failing or stayed invalid after a repair.
 """
@@ -306,9 +307,17 @@ async def _report(tenant: str, provider: ProviderConfig, record: ProviderAttempt
     client = activity.client()
     info = activity.info()
     queue = runtime().settings.task_queue
-    sends = [client.get_workflow_handle(info.workflow_id, run_id=info.workflow_run_id).signal(ATTEMPT_SIGNAL, record)]
+    sends = []
+    if record.outcome is not AttemptOutcome.REPLIED:
+        # A failed attempt is retried (or ends the call) without returning: the signal is how
+        # the run hears of it. A reply travels in the result, so it needs no signal (which would
+        # cost the run a workflow task).
+        sends.append(client.get_workflow_handle(info.workflow_id, run_id=info.workflow_run_id).signal(ATTEMPT_SIGNAL, record))
     tokens = record.usage.prompt_tokens + record.usage.completion_tokens
-    if tenant and (tokens or record.cost_usd):
+    # The ledger is the budget's: a tenant without one is not charged (its spend is in every
+    # run's result and search attributes), which saves each request a round trip and the
+    # worker a workflow task.
+    if tenant and runtime().settings.tenant_budget(tenant) is not None and (tokens or record.cost_usd):
         period = budget_period(datetime.now(timezone.utc), runtime().settings.budget_period)
         charge = Charge(period, record.cost_usd, record.usage.prompt_tokens, record.usage.completion_tokens, provider.name)
         sends.append(

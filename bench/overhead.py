@@ -352,8 +352,9 @@ async def bench(args, tmp: Path, cleanups: list) -> dict:
     summary = await keel_ingest
     log(f"Keel ingest: {summary.indexed} documents, {summary.chunks} chunks, {summary.failed} failed "
         f"({time.perf_counter() - t:.1f}s)")
-    if summary.failed or summary.chunks != chunks:
-        log(f"  WARNING: ingests differ or failed: {summary.failures}")
+    if summary.failed or summary.chunks != chunks or summary.indexed != summary.total:
+        # Compare like with like: both indexes must hold the whole corpus.
+        raise RuntimeError(f"the two ingests differ: Keel {summary}, in-process {chunks} chunks")
 
     keel, inproc, parts = {}, {}, {}
     for label, step in LATENCIES.items():

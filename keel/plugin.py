@@ -7,7 +7,8 @@ plugin registers:
 * Keel's activities and workflows (the built-in pipelines and the breaker/budget entity
   workflows) on your worker, a thread pool for its sync activities, and sandbox pass-through
   for ``keel`` and ``pydantic``;
-* the pydantic data converter (your pydantic models can be workflow inputs and outputs);
+* a pydantic data converter (your pydantic models can be workflow inputs and outputs), with a
+  process-wide cache of Keel's type adapters (``keel._converter``);
 * extra pollers around your worker: one task queue per LLM provider
   (``<keel queue>-llm-<name>``, with the provider's ``max_concurrency`` and fleet-wide
   ``requests_per_second``), the index owner's queue (``index=True``), and Keel's own queue
@@ -24,13 +25,13 @@ import contextlib
 import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter
 from temporalio.plugin import SimplePlugin
 from temporalio.worker import Worker, WorkerConfig
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from keel import _deployment
+from keel._converter import is_default, keel_data_converter
 from keel.config import KeelSettings
 from keel.errors import KeelError
 from keel.llm.providers import provider_task_queue
@@ -53,9 +54,10 @@ def keel_workflows() -> list[type]:
 
 
 def _data_converter(existing: DataConverter | None) -> DataConverter:
-    # Keep a converter the user chose (e.g. with a codec); replace only the default one.
-    if existing is None or existing.payload_converter_class is DataConverter.default.payload_converter_class:
-        return dataclasses.replace(pydantic_data_converter, payload_codec=existing.payload_codec if existing else None)
+    # Keep a payload converter the user chose; replace only the default (or plain pydantic) one,
+    # keeping any codec.
+    if is_default(existing):
+        return dataclasses.replace(keel_data_converter, payload_codec=existing.payload_codec if existing else None)
     return existing
 
 

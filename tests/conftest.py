@@ -165,7 +165,7 @@ async def chain_keel(tmp_path_factory, temporal_settings, fake_providers) -> Kee
                 timeout_seconds=5, price_prompt_per_1k=0.0001, price_completion_per_1k=0.0002, budget_fallback=True,
             ),
         ],
-        tenant_budgets={"frugal": 0.001},
+        tenant_budgets={"frugal": 0.001, "chain": 1000.0},
         cache_enabled=True,
     )
     yield env

@@ -16,6 +16,7 @@ import enum
 import json
 import math
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,8 +104,7 @@ class _HTTPClient:
         # second would never time out. asyncio.timeout bounds the whole exchange.
         try:
             async with asyncio.timeout(self.timeout):
-                async with httpx.AsyncClient(timeout=self.timeout) as client:
-                    return await client.post(url, json=body, headers=headers)
+                return await _shared_client(self.timeout).post(url, json=body, headers=headers)
         except (TimeoutError, httpx.TimeoutException) as e:
             sent = not isinstance(e, (httpx.ConnectTimeout, httpx.PoolTimeout))
             raise LLMUnavailable(
@@ -126,6 +126,20 @@ class _HTTPClient:
             raise LLMUnavailable(f"LLM server error {status}: {error_text}")
         if status >= 400:
             raise LLMRequestRejected(f"LLM rejected the request ({status}): {error_text}")
+
+
+_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, httpx.AsyncClient]] = weakref.WeakKeyDictionary()
+
+
+def _shared_client(timeout: float) -> httpx.AsyncClient:
+    """One ``httpx.AsyncClient`` per event loop and timeout: building one costs ~50 ms here (its
+    SSL context), more than a local model's reply. Connections are not kept alive, so a provider
+    that drops idle connections never fails the next request: only the client is reused."""
+    per_loop = _CLIENTS.setdefault(asyncio.get_running_loop(), {})
+    client = per_loop.get(timeout)
+    if client is None or client.is_closed:
+        client = per_loop[timeout] = httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_keepalive_connections=0))
+    return client
 
 
 def _maybe_billed(sent: bool, prompt_estimate: int) -> dict[str, Any]:
