@@ -161,16 +161,9 @@ def answer_cache() -> AnswerCache:
     )
 
 
-def _cache_key(inp_cache: LLMCache, messages: list[Message]) -> str:
-    if inp_cache.key is not None:
-        return inp_cache.key
-    users = [m.content for m in messages if m.role == "user"]
-    return users[-1] if users else ""
-
-
 def _lookup(inp: PrepareInput, plan: LLMPlan, scope: str) -> CachedValue | None:
     cache, now = answer_cache(), time.time()
-    key, ids = _cache_key(inp.cache, inp.messages), inp.cache.context_ids
+    key, ids = inp.cache.key or "", inp.cache.context_ids
     models = list(dict.fromkeys(p.model for p in plan.providers))
     entry = cache.lookup_exact(inp.tenant, scope, key, ids, models, now=now)
     if entry is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
-from keel.types import DEFAULT_PII_ENTITIES, PIIPolicy
+from keel.types import PIIPolicy
 
 class PIIScrubber:
     """Replace PII spans with ``<ENTITY_TYPE>`` using presidio's analyzer and anonymizer.

@@ -46,7 +46,6 @@ from keel.types import (
     IndexResult,
     PIIPolicy,
     RetrievalSettings,
-    ScrubbedText,
     SearchResult,
     Vectors,
 )

@@ -18,7 +18,7 @@ Temporal), so prompts and output models can be tested without Temporal.
 from __future__ import annotations
 
 import asyncio
-import json
+import dataclasses
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -232,6 +232,8 @@ async def complete(
     """
     messages = _messages(prompt, system)
     schema = schema or output_schema(output)
+    if cache is not None and cache.key is None:  # by default a request is cached by its last user message
+        cache = dataclasses.replace(cache, key=next((m.content for m in reversed(messages) if m.role == "user"), ""))
     call = _Call(output, messages, schema, tenant, budget, cache, validate, cites, max_repairs, max_tokens, options)
     if workflow.in_workflow():
         return await call.in_workflow()
@@ -386,14 +388,10 @@ class _Call:
     def _cache_store(self, prepared: Prepared, reply: RequestOutput, value: BaseModel) -> CacheStore | None:
         if not prepared.plan.cache_enabled or self.cache is None:
             return None
-        key = self.cache.key
-        if key is None:
-            users = [m.content for m in self.messages if m.role == "user"]
-            key = users[-1] if users else ""
         return CacheStore(
             tenant=self.tenant,
             scope=prepared.cache_scope,
-            key=key,
+            key=self.cache.key,
             context_ids=list(self.cache.context_ids),
             model=reply.model,
             provider=reply.provider,
@@ -476,6 +474,3 @@ def run_usage() -> tuple[Usage, float, list[ProviderAttempt]]:
     ledger = run_ledger()
     return ledger.usage, ledger.cost_usd, ledger.attempts
 
-
-def as_json(value: BaseModel | dict) -> str:
-    return value.model_dump_json() if isinstance(value, BaseModel) else json.dumps(value)
