@@ -7,7 +7,6 @@ with the same ``Stack`` code that ``keel up`` uses.
 
 from __future__ import annotations
 
-import socket
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,18 +23,12 @@ from keel.config import KeelSettings  # noqa: E402
 from keel.activities.index import IndexStatsOutput  # noqa: E402
 from keel.plugin import KeelPlugin  # noqa: E402
 from keel.stack import Stack  # noqa: E402
-from keel.testing.fake_openai import FakeOpenAI  # noqa: E402
+from keel.testing import DevServer, FakeOpenAI  # noqa: E402
 from keel.workflows import AnswerQuestion, AskResult, IndexStats, IndexStatsInput, IngestCorpus, IngestSummary  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "examples" / "corpus"
 SHARED_DATA = ROOT.parent / "shared" / "data"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -79,16 +72,8 @@ class KeelEnv:
 
 @pytest.fixture(scope="session")
 def temporal_settings(tmp_path_factory) -> KeelSettings:
-    settings = KeelSettings(
-        data_dir=tmp_path_factory.mktemp("temporal"),
-        temporal_address=f"127.0.0.1:{free_port()}",
-        temporal_ui_port=free_port(),
-        llm_start_local=False,
-    )
-    stack = Stack(settings)
-    stack.up(workers=0, say=lambda _: None)
-    yield settings
-    stack.down(say=lambda _: None)
+    with DevServer(tmp_path_factory.mktemp("temporal")) as server:
+        yield server.settings
 
 
 @pytest.fixture(scope="session")

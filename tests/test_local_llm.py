@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from tests.conftest import CORPUS, ROOT, free_port, start_env
+from keel.testing._env import free_port
+from tests.conftest import CORPUS, ROOT, start_env
 from keel.stack import settings_env
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
