@@ -2,7 +2,6 @@
 
     python -m keel.worker                      # Keel's queue: workflows, steps, one queue per LLM provider
     python -m keel.worker --index              # also the index queue (the owner of an embedded store)
-    python -m keel.worker --index-only         # only the index queue
     python -m keel.worker --app mypkg.workflows   # also your workflows and activities (repeatable)
 
 With an embedded index exactly one process may run with ``--index``; with a Qdrant server
@@ -47,59 +46,33 @@ def load_app(module_name: str) -> tuple[list[type], list]:
     return workflows, activities
 
 
-async def run_worker(settings: KeelSettings, *, general: bool, index: bool, apps: list[str] = ()) -> None:
+async def run_worker(settings: KeelSettings, *, index: bool, apps: list[str] = ()) -> None:
     workflows, activities = [], []
     for app in apps:
         w, a = load_app(app)
         workflows += w
         activities += a
-    if general:
-        plugin = KeelPlugin(settings, index=index)
-        client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace, plugins=[plugin])
-        worker = Worker(
-            client,
-            task_queue=settings.task_queue,
-            workflows=workflows,
-            activities=activities,
-            max_concurrent_activities=4,
-        )
-    else:
-        from concurrent.futures import ThreadPoolExecutor
-
-        from keel.activities._runtime import configure
-        from keel.activities.index import INDEX_ACTIVITIES
-
-        client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
-        configure(settings).client = client
-        worker = Worker(
-            client,
-            task_queue=settings.index_task_queue,
-            activities=INDEX_ACTIVITIES,
-            activity_executor=ThreadPoolExecutor(max_workers=2),
-            max_concurrent_activities=2,
-        )
+    plugin = KeelPlugin(settings, index=index)
+    client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace, plugins=[plugin])
+    worker = Worker(client, task_queue=settings.task_queue, workflows=workflows, activities=activities, max_concurrent_activities=4)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("worker polling %s (and Keel's queues) at %s", worker.task_queue, settings.temporal_address)
-    async with worker:
+    async with worker:  # KeelPlugin closes Keel's runtime (the embedded index) when it stops
         await stop.wait()
-    from keel.activities._runtime import runtime
-
-    runtime().close()
     log.info("worker stopped")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", action="store_true", help="also serve the index task queue")
-    parser.add_argument("--index-only", action="store_true", help="serve only the index task queue")
     parser.add_argument("--app", action="append", default=[], metavar="MODULE", help="also run this module's workflows and activities")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
     settings = KeelSettings()
-    asyncio.run(run_worker(settings, general=not args.index_only, index=args.index or args.index_only, apps=args.app))
+    asyncio.run(run_worker(settings, index=args.index, apps=args.app))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import json
 import time
@@ -64,6 +65,7 @@ class PrepareInput:
     messages: list[Message]
     schema: dict[str, Any]
     cache: LLMCache | None = None
+    tools: list[dict[str, Any]] = field(default_factory=list)  # provider-neutral tool definitions
 
 
 @dataclass
@@ -80,7 +82,7 @@ class CachedValue:
 @dataclass
 class Prepared:
     plan: LLMPlan
-    prompt_key: str  # blob: {"messages": [...], "schema": {...}}
+    prompt_key: str  # blob: {"messages": [...], "schema": {...}, "tools": [...]}: a conversation's root
     cache_scope: str = ""  # the cache's "prompt version": the caller's version and the output schema
     cached: CachedValue | None = None
 
@@ -88,7 +90,9 @@ class Prepared:
 @activity.defn(name="keel.llm_prepare")
 async def prepare_llm_call(inp: PrepareInput) -> Prepared:
     rt = runtime()
-    prompt = {"messages": [{"role": m.role, "content": m.content} for m in inp.messages], "schema": inp.schema}
+    prompt: dict[str, Any] = {"messages": [{"role": m.role, "content": m.content} for m in inp.messages], "schema": inp.schema}
+    if inp.tools:
+        prompt["tools"] = inp.tools
     prompt_key = rt.blobs.put_json(prompt)
     plan = await _plan(inp.tenant)
     scope = ""
@@ -193,12 +197,16 @@ def _cached(kind: CacheHit, entry: CachedAnswer, similarity: float | None) -> Ca
 @dataclass
 class RequestInput:
     provider: str
-    prompt_key: str
+    prompt_key: str  # the conversation: its root (a prepared prompt) or a later segment
     tenant: str = ""
     call: int = 0  # the run's n-th request, to tell the attempts of two requests apart
     # The repair re-ask: the invalid reply and the validation errors, appended to the prompt.
     repair: list[Message] = field(default_factory=list)
     max_tokens: int | None = None
+    # A conversation that goes on (an agent): new messages (tool results by reference) become a
+    # segment after prompt_key, and the reply another; the output names the new head.
+    append: list[dict[str, Any]] = field(default_factory=list)
+    conversation: bool = False
 
 
 @dataclass
@@ -208,6 +216,47 @@ class RequestOutput:
     usage: Usage
     provider: str
     record: ProviderAttempt  # this attempt, as reported to the run
+    tool_calls: list[dict[str, str]] = field(default_factory=list)  # {"id", "name", "arguments"}
+    head: str = ""  # with conversation: the segment holding this reply
+
+
+def conversation(key: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None, list[dict[str, Any]]]:
+    """(messages, schema, tools) of the conversation whose last segment is ``key``.
+
+    A conversation is a chain of content-addressed segments ``{"parent": key, "messages": [...]}``
+    ending at a root (a prepared prompt, with the schema and tools). Workflow history carries
+    only keys, so a turn's input is the previous head plus what is new, never the transcript.
+    Tool results are stored by reference (``content_key``) and read here.
+    """
+    rt = runtime()
+    cache = rt.once("conversations", lambda: collections.OrderedDict())
+    segments, k, base = [], key, None
+    while k:
+        if k in cache:
+            base = cache[k]
+            break
+        seg = rt.blobs.get_json(k)
+        segments.append(seg)
+        k = seg.get("parent")
+    if base is None:
+        root = segments.pop()
+        base = ([_resolved(m) for m in root["messages"]], root.get("schema"), root.get("tools") or [])
+    messages = list(base[0])
+    for seg in reversed(segments):
+        messages.extend(_resolved(m) for m in seg["messages"])
+    value = (messages, base[1], base[2])
+    cache[key] = value
+    while len(cache) > 64:
+        cache.popitem(last=False)
+    return value
+
+
+def _resolved(message: dict[str, Any]) -> dict[str, Any]:
+    if "content_key" not in message:
+        return message
+    out = {k: v for k, v in message.items() if k != "content_key"}
+    out["content"] = runtime().blobs.get(message["content_key"]).decode()
+    return out
 
 
 @activity.defn(name="keel.llm_request")
@@ -219,11 +268,12 @@ async def request_llm(inp: RequestInput) -> RequestOutput:
     except ValueError as e:
         raise ApplicationError(str(e), type="UnknownProvider", non_retryable=True) from None
     attempt = activity.info().attempt
-    prompt = rt.blobs.get_json(inp.prompt_key)
-    messages = prompt["messages"] + [{"role": m.role, "content": m.content} for m in inp.repair]
+    head = rt.blobs.put_json({"parent": inp.prompt_key, "messages": inp.append}) if inp.append else inp.prompt_key
+    messages, schema, tools = conversation(head)
+    messages = messages + [{"role": m.role, "content": m.content} for m in inp.repair]
     try:
         completion = await provider.client().complete(
-            messages, json_schema=prompt["schema"], max_tokens=inp.max_tokens or s.llm_max_tokens
+            messages, json_schema=schema, max_tokens=inp.max_tokens or s.llm_max_tokens, tools=tools or None
         )
     except LLMError as e:
         record = attempt_record(provider, e, call=inp.call, attempt=attempt)
@@ -244,7 +294,16 @@ async def request_llm(inp: RequestInput) -> RequestOutput:
     )
     # Whether the reply is valid is for the workflow to say: it reports that to the breaker.
     await _report(inp.tenant, provider, record, None)
-    return RequestOutput(content=completion.content, model=completion.model, usage=usage, provider=provider.name, record=record)
+    reply_head = ""
+    if inp.conversation:
+        reply: dict[str, Any] = {"role": "assistant", "content": completion.content}
+        if completion.tool_calls:
+            reply["tool_calls"] = completion.tool_calls
+        reply_head = rt.blobs.put_json({"parent": head, "messages": [reply]})
+    return RequestOutput(
+        content=completion.content, model=completion.model, usage=usage, provider=provider.name, record=record,
+        tool_calls=completion.tool_calls, head=reply_head,
+    )
 
 
 def attempt_record(provider: ProviderConfig, e: LLMError, *, call: int, attempt: int) -> ProviderAttempt:

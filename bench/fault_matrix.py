@@ -99,7 +99,7 @@ async def one_run(client: Client, settings: KeelSettings, question: str, deadlin
     inp = dataclasses.replace(settings.ask_input(TENANT, question), use_cache=False)
     started = time.monotonic()
     handle = await client.start_workflow(
-        AnswerQuestion.run, inp, id=f"bench-ask-{uuid.uuid4().hex[:10]}", task_queue=settings.task_queue
+        AnswerQuestion.run, inp, id=f"bench-ask-{uuid.uuid4().hex[:10]}", task_queue=settings.index_task_queue
     )
     try:
         result: AskResult = await asyncio.wait_for(handle.result(), deadline)

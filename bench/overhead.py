@@ -103,7 +103,7 @@ async def keel_ask(client: Client, settings: KeelSettings, question: str, label:
     t0 = time.perf_counter()
     wall0 = time.time()
     result = await client.execute_workflow(
-        AnswerQuestion.run, settings.ask_input(TENANT, question), id=wid, task_queue=settings.task_queue
+        AnswerQuestion.run, settings.ask_input(TENANT, question), id=wid, task_queue=settings.index_task_queue
     )
     seconds = time.perf_counter() - t0
     wall1 = wall0 + seconds

@@ -39,7 +39,7 @@ async def main() -> None:
         AnswerQuestion.run,
         settings.ask_input("backend", "What are the lighthouse visiting hours?"),
         id=f"ask-backend-{uuid.uuid4().hex[:8]}",
-        task_queue=settings.task_queue,
+        task_queue=settings.index_task_queue,  # where the index is: the search runs in the same task
     )
     result = await ask.result()
     print(result.answer)

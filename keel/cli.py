@@ -144,7 +144,8 @@ async def cmd_ask(args, settings: KeelSettings) -> int:
         filters = Filters(source=source, tags=args.tag or [], date_from=args.since, date_to=args.until)
     ask_input = settings.ask_input(args.tenant, args.question, filters=filters)
     ask_input.use_cache, ask_input.max_cost_usd = not args.no_cache, args.max_cost
-    handle = await client.start_workflow(AnswerQuestion.run, ask_input, id=workflow_id, task_queue=settings.task_queue)
+    # On the index owner's queue the search is a local activity: one task-queue hop less.
+    handle = await client.start_workflow(AnswerQuestion.run, ask_input, id=workflow_id, task_queue=settings.index_task_queue)
     result = await handle.result()
     url = settings.run_ui_url(workflow_id, handle.result_run_id)
     out = {

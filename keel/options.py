@@ -30,7 +30,10 @@ class StepOptions:
     :param task_queue: where the step runs (regular activities only); index steps default to the
         index owner's queue, LLM requests to the provider's own queue.
     :param local: run as a local activity (in the workflow's worker, no task-queue round trip):
-        for short, CPU-light steps.
+        for short, CPU-light steps. Index reads (``hybrid_search``, ``indexed_versions``,
+        ``index_stats``) default to ``None``: local when the workflow itself runs on the index
+        owner's queue (every worker polling it owns the index, so the choice is the same on
+        every replay), a regular activity on that queue otherwise.
 
     >>> from datetime import timedelta
     >>> opts = StepOptions(start_to_close_timeout=timedelta(seconds=5))
@@ -88,9 +91,10 @@ STEP_DEFAULTS: dict[str, StepOptions] = {
     "embed": dataclasses.replace(_regular, start_to_close_timeout=timedelta(minutes=30)),
     "index_document": dataclasses.replace(_regular, start_to_close_timeout=timedelta(minutes=30), retry_policy=INDEX_RETRY),
     "delete_document": dataclasses.replace(_regular, start_to_close_timeout=timedelta(minutes=5), retry_policy=INDEX_RETRY),
-    "indexed_versions": dataclasses.replace(_regular, start_to_close_timeout=timedelta(minutes=2), retry_policy=INDEX_RETRY),
-    "hybrid_search": dataclasses.replace(_regular, start_to_close_timeout=timedelta(minutes=2), heartbeat_timeout=None),
-    "index_stats": dataclasses.replace(_regular, start_to_close_timeout=timedelta(minutes=1), heartbeat_timeout=None),
+    # Index reads: local on the index owner's own queue (local=None), else regular on that queue.
+    "indexed_versions": StepOptions(start_to_close_timeout=timedelta(minutes=2), retry_policy=INDEX_RETRY),
+    "hybrid_search": StepOptions(start_to_close_timeout=timedelta(minutes=2), retry_policy=STEP_RETRY),
+    "index_stats": StepOptions(start_to_close_timeout=timedelta(minutes=1), retry_policy=STEP_RETRY),
     # LLM: planning (breaker and budget reads, prompt storage, cache lookup) is local; the request
     # itself runs on the provider's queue with the provider's own retry policy (keel.llm).
     "llm_prepare": dataclasses.replace(_local, retry_policy=RetryPolicy(maximum_attempts=3)),

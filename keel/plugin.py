@@ -130,6 +130,13 @@ class KeelPlugin(SimplePlugin):
             config["activity_executor"] = self.executor()
         return config
 
+    def configure_replayer(self, config):
+        config = super().configure_replayer(config)
+        # A replayed run routes its steps by the deployment it ran in, as its worker did.
+        for queue in (self.deployment.task_queue, self.deployment.index_task_queue):
+            _deployment.register(queue, self.deployment)
+        return config
+
     async def run_worker(self, worker: Worker, next) -> None:
         if worker.task_queue in self._extra_queues:
             await next(worker)
@@ -147,7 +154,6 @@ class KeelPlugin(SimplePlugin):
             runtime.close()  # the embedded index flushes and releases its lock
 
     def _extra_workers(self, worker: Worker) -> list[Worker]:
-        from keel.activities.index import INDEX_ACTIVITIES
         from keel.activities.llm import LLM_REQUEST_ACTIVITIES
 
         s, client, extra = self.settings, worker.client, []
@@ -179,10 +185,14 @@ class KeelPlugin(SimplePlugin):
                     max_task_queue_activities_per_second=p.requests_per_second,
                 )
         if self.index:
+            # The index owner's queue also runs Keel's workflows: a run started there (``keel
+            # ask`` starts AnswerQuestion there) searches the index as a local activity.
             add(
                 s.index_task_queue,
-                activities=INDEX_ACTIVITIES,
+                workflows=keel_workflows(),
+                activities=keel_activities(),
                 activity_executor=self.executor(),
+                workflow_runner=_workflow_runner(SandboxedWorkflowRunner()),
                 max_concurrent_activities=2,
             )
         return extra

@@ -81,7 +81,10 @@ async def _run(step: str, fn: Callable[[Any], R], arg: Any, options: StepOptions
                 raise
             raise typed from None
     o = STEP_DEFAULTS[step].merged(options)
-    if o.local:
+    local = o.local
+    if local is None:  # an index read: local where this workflow runs on the index owner's queue
+        local = o.task_queue is None and workflow.info().task_queue == _deployment.current().index_task_queue
+    if local:
         return await workflow.execute_local_activity(
             fn,
             arg,

@@ -57,7 +57,7 @@ class KeelEnv:
             AnswerQuestion.run,
             self.settings.ask_input(tenant, question, filters=filters),
             id=self.workflow_id("ask"),
-            task_queue=self.settings.task_queue,
+            task_queue=self.settings.index_task_queue,  # as `keel ask` does: the search runs locally
         )
         return await handle.result(), handle
 

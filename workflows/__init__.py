@@ -2,13 +2,14 @@
 ``keel.activities``). The pipelines use only the public API (``keel.steps``, ``keel.llm``);
 the entity workflows hold the state the provider chain shares across runs."""
 
+from keel.workflows.agent import KeelAgent
 from keel.workflows.answer import AnswerQuestion, AskInput, AskResult
 from keel.workflows.ingest import IngestCorpus, IngestCorpusInput, IngestDocument, IngestSettings, IngestSummary
 from keel.workflows.provider_health import ProviderHealth
 from keel.workflows.stats import IndexStats, IndexStatsInput
 from keel.workflows.tenant_budget import TenantBudget
 
-ALL_WORKFLOWS = [IngestCorpus, IngestDocument, AnswerQuestion, IndexStats, ProviderHealth, TenantBudget]
+ALL_WORKFLOWS = [IngestCorpus, IngestDocument, AnswerQuestion, IndexStats, ProviderHealth, TenantBudget, KeelAgent]
 
 __all__ = [
     "ALL_WORKFLOWS",
@@ -22,6 +23,7 @@ __all__ = [
     "IngestDocument",
     "IngestSettings",
     "IngestSummary",
+    "KeelAgent",
     "ProviderHealth",
     "TenantBudget",
 ]

@@ -66,7 +66,7 @@ class AskResult:
     decisions: list[PolicyDecision] = field(default_factory=list)  # budget and breaker decisions
 
 
-@workflow.defn
+@workflow.defn(sandboxed=False)
 class AnswerQuestion:
     """scrub the question → hybrid search → the LLM chain (cache, fall-over, repair) → result.
 

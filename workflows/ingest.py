@@ -89,7 +89,7 @@ def document_workflow_id(tenant: str, entry: DocumentEntry) -> str:
     return f"ingest-doc-{tenant}-{entry.document_id[:16]}-{entry.indexed_version[:16]}"
 
 
-@workflow.defn
+@workflow.defn(sandboxed=False)
 class IngestDocument:
     """partition → scrub PII → chunk → embed → index, for one document version."""
 
@@ -117,7 +117,7 @@ class IngestDocument:
         return IngestDocumentOutput(doc.document_id, doc.path, chunks.count, scrubbed.pii_counts, used)
 
 
-@workflow.defn
+@workflow.defn(sandboxed=False)
 class IngestCorpus:
     """Ingest every document under the given paths, ``concurrency`` children at a time.
 

@@ -18,7 +18,7 @@ with workflow.unsafe.imports_passed_through():
 REPORTS_PER_RUN = 500
 
 
-@workflow.defn
+@workflow.defn(sandboxed=False)
 class ProviderHealth:
     @workflow.init
     def __init__(self, inp: ProviderHealthInput) -> None:

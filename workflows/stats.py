@@ -16,7 +16,7 @@ class IndexStatsInput:
     tenant: str
 
 
-@workflow.defn
+@workflow.defn(sandboxed=False)
 class IndexStats:
     @workflow.run
     async def run(self, inp: IndexStatsInput) -> IndexStatsOutput:

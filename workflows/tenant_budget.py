@@ -16,7 +16,7 @@ CHARGES_PER_RUN = 1000  # continue as new after this many charges
 KEEP_PERIODS = 3  # the current period and two before it
 
 
-@workflow.defn
+@workflow.defn(sandboxed=False)
 class TenantBudget:
     @workflow.init
     def __init__(self, inp: TenantBudgetInput) -> None:

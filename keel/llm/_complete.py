@@ -347,31 +347,12 @@ class _Call:
         self, ledger: RunLedger, provider: ProviderPlan, prompt_key: str, repair: list[Message], calls: set[int]
     ) -> RequestOutput:
         ledger.requests += 1
-        call = ledger.requests
-        calls.add(call)
-        o = STEP_DEFAULTS["llm_request"].merged(self.options)
-        # Bounds the wait for a slot on the provider's queue too (max_concurrency, rate limit).
-        per_attempt = timedelta(seconds=provider.timeout_seconds + 15)
-        try:
-            reply: RequestOutput = await workflow.execute_activity(
-                request_llm,
-                RequestInput(
-                    provider=provider.name, prompt_key=prompt_key, tenant=self.tenant, call=call, repair=repair,
-                    max_tokens=self.max_tokens,
-                ),
-                task_queue=o.task_queue or provider_task_queue(_deployment.current().task_queue, provider.name),
-                start_to_close_timeout=o.start_to_close_timeout or per_attempt,
-                schedule_to_close_timeout=o.schedule_to_close_timeout
-                or provider.max_attempts * (per_attempt + timedelta(seconds=30)) + timedelta(seconds=60),
-                retry_policy=o.retry_policy or llm_retry(provider),
-            )
-        except ActivityError as e:
-            # The last attempt's record travels in the failure too, in case its signal was lost.
-            if isinstance(e.cause, ApplicationError) and e.cause.details:
-                ledger.record(value_to_type(ProviderAttempt, e.cause.details[0]))
-            raise
-        ledger.record(reply.record)
-        return reply
+        calls.add(ledger.requests)
+        inp = RequestInput(
+            provider=provider.name, prompt_key=prompt_key, tenant=self.tenant, call=ledger.requests, repair=repair,
+            max_tokens=self.max_tokens,
+        )
+        return await request(ledger, provider, inp, self.options)
 
     def _from_cache(self, prepared: Prepared) -> bool:
         hit = prepared.cached
@@ -467,6 +448,31 @@ class _Call:
         result.attempts = attempts
         result.usage, result.cost_usd = total_usage(attempts), total_cost(attempts)
         return result
+
+
+async def request(ledger: RunLedger, provider: ProviderPlan, inp: RequestInput, options: StepOptions | None) -> RequestOutput:
+    """One request (``keel.llm_request``) to ``provider`` on its own queue, Temporal retrying it
+    with the provider's policy; every attempt lands in ``ledger``."""
+    o = STEP_DEFAULTS["llm_request"].merged(options)
+    # Bounds the wait for a slot on the provider's queue too (max_concurrency, rate limit).
+    per_attempt = timedelta(seconds=provider.timeout_seconds + 15)
+    try:
+        reply: RequestOutput = await workflow.execute_activity(
+            request_llm,
+            inp,
+            task_queue=o.task_queue or provider_task_queue(_deployment.current().task_queue, provider.name),
+            start_to_close_timeout=o.start_to_close_timeout or per_attempt,
+            schedule_to_close_timeout=o.schedule_to_close_timeout
+            or provider.max_attempts * (per_attempt + timedelta(seconds=30)) + timedelta(seconds=60),
+            retry_policy=o.retry_policy or llm_retry(provider),
+        )
+    except ActivityError as e:
+        # The last attempt's record travels in the failure too, in case its signal was lost.
+        if isinstance(e.cause, ApplicationError) and e.cause.details:
+            ledger.record(value_to_type(ProviderAttempt, e.cause.details[0]))
+        raise
+    ledger.record(reply.record)
+    return reply
 
 
 def run_usage() -> tuple[Usage, float, list[ProviderAttempt]]:

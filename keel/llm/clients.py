@@ -17,7 +17,7 @@ import json
 import math
 import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -67,6 +67,52 @@ class Completion:
     model: str
     prompt_tokens: int
     completion_tokens: int
+    # Tool calls the model asked for, provider-neutral: {"id", "name", "arguments" (JSON text)}.
+    tool_calls: list[dict[str, str]] = field(default_factory=list)
+
+
+# Conversations are provider-neutral lists of dicts: {"role": "system"|"user"|"assistant",
+# "content"}, an assistant turn may carry "tool_calls" [{"id", "name", "arguments"}], and a tool's
+# answer is {"role": "tool", "tool_call_id", "name", "content"}. Tools are {"name",
+# "description", "parameters" (JSON schema)}. Each client speaks its provider's wire format.
+
+
+def _openai_message(m: dict[str, Any]) -> dict[str, Any]:
+    if m["role"] == "tool":
+        return {"role": "tool", "tool_call_id": m["tool_call_id"], "content": m.get("content") or ""}
+    if m.get("tool_calls"):
+        calls = [{"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}} for c in m["tool_calls"]]
+        return {"role": "assistant", "content": m.get("content") or None, "tool_calls": calls}
+    return {"role": m["role"], "content": m.get("content") or ""}
+
+
+def _anthropic_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        if m["role"] == "system":
+            continue
+        if m["role"] == "tool":
+            block = {"type": "tool_result", "tool_use_id": m["tool_call_id"], "content": m.get("content") or ""}
+            if out and out[-1]["role"] == "user" and isinstance(out[-1]["content"], list):
+                out[-1]["content"].append(block)  # the answers to one turn's calls travel together
+            else:
+                out.append({"role": "user", "content": [block]})
+        elif m.get("tool_calls"):
+            blocks: list[dict[str, Any]] = [{"type": "text", "text": m["content"]}] if m.get("content") else []
+            for c in m["tool_calls"]:
+                blocks.append({"type": "tool_use", "id": c["id"], "name": c["name"], "input": _arguments(c["arguments"])})
+            out.append({"role": "assistant", "content": blocks})
+        else:
+            out.append({"role": m["role"], "content": m.get("content") or ""})
+    return out
+
+
+def _arguments(text: str) -> Any:
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -169,11 +215,20 @@ class ChatClient(_HTTPClient):
         self.response_format = response_format
 
     async def complete(
-        self, messages: list[dict[str, str]], *, json_schema: dict[str, Any] | None = None, max_tokens: int = 256
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        json_schema: dict[str, Any] | None = None,
+        max_tokens: int = 256,
+        tools: list[dict[str, Any]] | None = None,
     ) -> Completion:
-        body: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": max_tokens, "temperature": 0}
+        body: dict[str, Any] = {
+            "model": self.model, "messages": [_openai_message(m) for m in messages], "max_tokens": max_tokens, "temperature": 0,
+        }
         if json_schema is not None:
             body["response_format"] = self.response_format.request_field(json_schema)
+        if tools:
+            body["tools"] = [{"type": "function", "function": t} for t in tools]
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         estimate = estimate_tokens(messages)
         response = await self._post(f"{self.base_url}/chat/completions", body, headers, estimate)
@@ -183,7 +238,12 @@ class ChatClient(_HTTPClient):
         self._raise_for_status(response, _error_text(response))
         try:
             data = response.json()
-            content = data["choices"][0]["message"]["content"] or ""
+            message = data["choices"][0]["message"]
+            content = message["content"] or ""
+            calls = [
+                {"id": c["id"], "name": c["function"]["name"], "arguments": c["function"].get("arguments") or "{}"}
+                for c in message.get("tool_calls") or []
+            ]
         except (ValueError, KeyError, IndexError, TypeError) as e:
             raise _unreadable(e, response, prompt_estimate) from None
         usage = data.get("usage") or {}
@@ -192,6 +252,7 @@ class ChatClient(_HTTPClient):
             model=data.get("model") or self.model,
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
+            tool_calls=calls,
         )
 
 
@@ -216,22 +277,29 @@ class AnthropicClient(_HTTPClient):
         self.version = version
 
     async def complete(
-        self, messages: list[dict[str, str]], *, json_schema: dict[str, Any] | None = None, max_tokens: int = 256
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        json_schema: dict[str, Any] | None = None,
+        max_tokens: int = 256,
+        tools: list[dict[str, Any]] | None = None,
     ) -> Completion:
         system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
         body: dict[str, Any] = {
             "model": self.model,
             "max_tokens": max_tokens,
             "temperature": 0,
-            "messages": [{"role": m["role"], "content": m["content"]} for m in messages if m["role"] != "system"],
+            "messages": _anthropic_messages(messages),
         }
         if system:
             body["system"] = system
+        wire_tools = [{"name": t["name"], "description": t["description"], "input_schema": t["parameters"]} for t in tools or []]
         if json_schema is not None:
-            body["tools"] = [
-                {"name": self.TOOL, "description": "Reply with the answer and the sources it cites.", "input_schema": json_schema}
-            ]
-            body["tool_choice"] = {"type": "tool", "name": self.TOOL}
+            # The final answer is a call of this tool; with other tools the model must call one.
+            wire_tools.append({"name": self.TOOL, "description": "Reply with the final answer.", "input_schema": json_schema})
+            body["tool_choice"] = {"type": "any"} if tools else {"type": "tool", "name": self.TOOL}
+        if wire_tools:
+            body["tools"] = wire_tools
         headers = {"anthropic-version": self.version}
         if self.api_key:
             headers["x-api-key"] = self.api_key
@@ -241,9 +309,11 @@ class AnthropicClient(_HTTPClient):
         try:
             data = response.json()
             blocks = data["content"]
-            tool_inputs = [b["input"] for b in blocks if b.get("type") == "tool_use"]
+            uses = [b for b in blocks if b.get("type") == "tool_use"]
+            answers = [b["input"] for b in uses if b["name"] == self.TOOL]
+            calls = [{"id": b["id"], "name": b["name"], "arguments": json.dumps(b["input"])} for b in uses if b["name"] != self.TOOL]
             text = "".join(b.get("text", "") for b in blocks if b.get("type") == "text")
-            content = json.dumps(tool_inputs[0]) if tool_inputs else text
+            content = json.dumps(answers[0]) if answers else text
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
             raise _unreadable(e, response, estimate) from None
         usage = data.get("usage") or {}
@@ -252,6 +322,7 @@ class AnthropicClient(_HTTPClient):
             model=data.get("model") or self.model,
             prompt_tokens=int(usage.get("input_tokens") or 0),
             completion_tokens=int(usage.get("output_tokens") or 0),
+            tool_calls=[] if answers else calls,
         )
 
 

@@ -37,6 +37,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -62,6 +63,7 @@ class Fault(enum.Enum):
     SCHEMA_VIOLATION = "schema_violation"
     EMPTY = "empty"
     SLOW_STREAM = "slow_stream"
+    TOOL_CALLS = "tool_calls"
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class Step:
     status: int = 200  # SERVER_ERROR / CLIENT_ERROR: HTTP status
     retry_after: str | None = None  # RATE_LIMITED: Retry-After header value (None = omit)
     seconds: float = 0.0  # HANG: sleep before answering; SLOW_STREAM: delay between chunks
+    calls: tuple = ()  # TOOL_CALLS: ((name, arguments dict), ...)
 
     @classmethod
     def ok(cls, content: str) -> "Step":
@@ -127,6 +130,12 @@ class Step:
     def empty(cls) -> "Step":
         """200, valid completion whose message content is ``""``."""
         return cls(Fault.EMPTY)
+
+    @classmethod
+    def tool_calls(cls, *calls: tuple[str, dict]) -> "Step":
+        """200 with the model calling tools: ``("name", {arguments})`` each, in one turn
+        (OpenAI ``tool_calls``; Anthropic ``tool_use`` blocks)."""
+        return cls(Fault.TOOL_CALLS, calls=tuple((name, dict(args)) for name, args in calls))
 
     @classmethod
     def slow_stream(cls, delay: float) -> "Step":
@@ -345,6 +354,14 @@ def _forced_tool(body: dict) -> dict | None:
     return next((t for t in tools if isinstance(t, dict) and t.get("name") == choice.get("name")), None)
 
 
+def _answer_tool(body: dict) -> dict | None:
+    """With tools of its own, an Anthropic request answers through Keel's ``keel_output`` tool."""
+    tools = body.get("tools")
+    if not isinstance(tools, list):
+        return None
+    return next((t for t in tools if isinstance(t, dict) and t.get("name") == "keel_output"), None)
+
+
 # --------------------------------------------------------------------------- server
 
 
@@ -437,7 +454,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_json(400, error_body(400, "Request body is not a JSON object."))
                 return
             fake._record(body)
-            step = fake._next_step()
+            step = fake._next_step(body)
             if anthropic:
                 self._perform_anthropic(step, body)
             else:
@@ -462,6 +479,17 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if kind in (Fault.SERVER_ERROR, Fault.CLIENT_ERROR):
             self._send_json(step.status, error_body(step.status))
+            return
+        if kind is Fault.TOOL_CALLS:
+            reply = fake._completion(body, "")
+            message = reply["choices"][0]["message"]
+            message["content"] = None
+            message["tool_calls"] = [
+                {"id": "call_" + uuid.uuid4().hex[:24], "type": "function", "function": {"name": name, "arguments": json.dumps(args)}}
+                for name, args in step.calls
+            ]
+            reply["choices"][0]["finish_reason"] = "tool_calls"
+            self._send_json(200, reply)
             return
         if kind is Fault.MALFORMED:
             payload = b'{"id": "chatcmpl-malformed", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": "trunc'
@@ -515,7 +543,18 @@ class _Handler(BaseHTTPRequestHandler):
         if kind in (Fault.HANG, Fault.SLOW_STREAM) and fake._sleep(step.seconds):
             self.close_connection = True
             return
-        tool = _forced_tool(body)
+        tool = _forced_tool(body) or _answer_tool(body)
+        if kind is Fault.TOOL_CALLS:
+            blocks = [
+                {"type": "tool_use", "id": "toolu_" + uuid.uuid4().hex[:24], "name": name, "input": args} for name, args in step.calls
+            ]
+            self._send_json(200, {
+                "id": "msg_" + uuid.uuid4().hex[:24], "type": "message", "role": "assistant",
+                "model": body.get("model") if isinstance(body.get("model"), str) else fake.model,
+                "content": blocks, "stop_reason": "tool_use", "stop_sequence": None,
+                "usage": {"input_tokens": _prompt_tokens(body), "output_tokens": 10 * len(blocks)},
+            })
+            return
         if kind is Fault.OK:
             content: Any = step.content or ""
         elif kind is Fault.EMPTY:
@@ -627,6 +666,9 @@ class FakeOpenAI:
         self.model = model
         self.verbose = verbose
         self.default: Step = Step.answer()
+        # When the script is empty: a function of the request body (e.g. "call the tool again
+        # until the conversation holds N results"), so retried requests stay in step.
+        self.responder: Callable[[dict], Step] | None = None
         self.requests: list[dict] = []
         self.arrivals: list[float] = []  # time.monotonic() of each request, same order
         self._queue: deque[Step] = deque()
@@ -707,6 +749,7 @@ class FakeOpenAI:
             self._queue.clear()
             self.requests.clear()
             self.arrivals.clear()
+            self.responder = None
 
     @property
     def pending(self) -> int:
@@ -720,11 +763,12 @@ class FakeOpenAI:
             self.requests.append(body)
             self.arrivals.append(time.monotonic())
 
-    def _next_step(self) -> Step:
+    def _next_step(self, body: dict) -> Step:
         with self._lock:
             if self._queue:
                 return self._queue.popleft()
-        return self.default
+            responder = self.responder
+        return responder(body) if responder is not None else self.default
 
     def _track(self, conn: socket.socket, *, add: bool) -> None:
         with self._lock:
