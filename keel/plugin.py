@@ -43,8 +43,9 @@ def keel_activities() -> list:
     from keel.activities.index import INDEX_ACTIVITIES
     from keel.activities.ingest import INGEST_ACTIVITIES
     from keel.activities.llm import LLM_ACTIVITIES
+    from keel.agents.mcp import MCP_ACTIVITIES
 
-    return [*INGEST_ACTIVITIES, *LLM_ACTIVITIES, *INDEX_ACTIVITIES]
+    return [*INGEST_ACTIVITIES, *LLM_ACTIVITIES, *INDEX_ACTIVITIES, *MCP_ACTIVITIES]
 
 
 def keel_workflows() -> list[type]:
@@ -128,13 +129,6 @@ class KeelPlugin(SimplePlugin):
         _deployment.register(config["task_queue"], self.deployment)
         if config.get("activity_executor") is None:
             config["activity_executor"] = self.executor()
-        return config
-
-    def configure_replayer(self, config):
-        config = super().configure_replayer(config)
-        # A replayed run routes its steps by the deployment it ran in, as its worker did.
-        for queue in (self.deployment.task_queue, self.deployment.index_task_queue):
-            _deployment.register(queue, self.deployment)
         return config
 
     async def run_worker(self, worker: Worker, next) -> None:

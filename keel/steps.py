@@ -83,7 +83,7 @@ async def _run(step: str, fn: Callable[[Any], R], arg: Any, options: StepOptions
     o = STEP_DEFAULTS[step].merged(options)
     local = o.local
     if local is None:  # an index read: local where this workflow runs on the index owner's queue
-        local = o.task_queue is None and workflow.info().task_queue == _deployment.current().index_task_queue
+        local = o.task_queue is None and _on_index_owner()
     if local:
         return await workflow.execute_local_activity(
             fn,
@@ -102,6 +102,20 @@ async def _run(step: str, fn: Callable[[Any], R], arg: Any, options: StepOptions
         heartbeat_timeout=o.heartbeat_timeout,
         retry_policy=o.retry_policy,
     )
+
+
+_INDEX_OWNER = "keel-index-reads-local"
+
+
+def _on_index_owner() -> bool:
+    """Whether this run reads the index as local activities: it runs on the index owner's queue.
+
+    Decided once per run and recorded as a marker, so a replay anywhere (another worker, the
+    ``Replayer``, whose task queue is its own) takes the same path as the original run.
+    """
+    if workflow.unsafe.is_replaying() or workflow.info().task_queue == _deployment.current().index_task_queue:
+        return workflow.patched(_INDEX_OWNER)  # replaying: whether the run recorded it
+    return False
 
 
 # --- documents -------------------------------------------------------------------------------

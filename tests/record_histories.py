@@ -43,17 +43,18 @@ async def main() -> None:
         settings = KeelSettings(
             data_dir=Path(tmp), temporal_address=server.address, llm_start_local=False, llm_base_url=llm.base_url,
             llm_model="history-model", task_queue="histories", index_task_queue="histories-index",
+            tenant_budget_usd=1000.0,  # every tenant has a ledger, so the ask charges one
         )
         stack = Stack(settings)
-        stack.up(workers=1, say=print)
+        stack.up(workers=1, apps=["tests.agent_app"], say=print)  # with a user's agent and tools
         try:
             client = await Client.connect(settings.temporal_address, plugins=[KeelPlugin(settings)])
-            await record(KeelEnv(settings=settings, stack=stack, client=client))
+            await record(KeelEnv(settings=settings, stack=stack, client=client), llm)
         finally:
             stack.down(say=print)
 
 
-async def record(env: KeelEnv) -> None:
+async def record(env: KeelEnv, llm: FakeOpenAI) -> None:
     settings = env.settings
     tenant = f"histories-{uuid.uuid4().hex[:8]}"  # a fresh tenant, so every step really runs
     corpus_handle = await env.start_ingest([CORPUS / "history.txt", CORPUS / "membership.md"], tenant)
@@ -74,12 +75,25 @@ async def record(env: KeelEnv) -> None:
         "TenantBudget": env.client.get_workflow_handle(tenant_budget_id(settings.task_queue, tenant)),
         "ProviderHealth": await provider_outage_and_recovery(env, settings),
     }
+    handles["KeelAgent"] = await agent_history(env, llm)
     handles.update(await chain_histories(env.client, settings))
     OUT.mkdir(parents=True, exist_ok=True)
     for name, handle in handles.items():
         history = await handle.fetch_history()
         (OUT / f"{name}.json").write_text(history.to_json())
         print(f"recorded {name}: {len(history.events)} events")
+
+
+async def agent_history(env: KeelEnv, llm: FakeOpenAI):
+    """An agent (tests.agent_app.SupportAgent) that calls a tool, then answers."""
+    from tests.agent_app import AgentTask, SupportAgent
+
+    llm.script(Step.tool_calls(("lookup", {"order": "7"})), Step.ok('{"summary": "order 7 shipped", "refunded": 0}'))
+    result = await env.client.execute_workflow(
+        SupportAgent.run, AgentTask("histories", "Where is order 7?"), id=env.workflow_id("agent"), task_queue=env.settings.task_queue
+    )
+    assert result.ok and len(result.tool_calls) == 1, result
+    return env.client.get_workflow_handle(result.workflow_id)
 
 
 async def provider_outage_and_recovery(env: KeelEnv, settings: KeelSettings):

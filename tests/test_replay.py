@@ -6,7 +6,8 @@ current release must replay; a change that makes a workflow non-deterministic (r
 activities, a new timer, a different child) fails here, in CI, instead of in production on
 running workflows. 0.2.0 rebuilt the pipelines on the public API and is not replay-compatible
 with 0.1.0 runs of the pipelines (README "Upgrading from 0.1"): which 0.1.0 histories still
-replay is pinned below, so a break that is not stated fails too.
+replay is pinned below, so a break that is not stated fails too. 0.3.0 (asks on the index
+owner's queue search as a local activity; agents) replays 0.2.0's histories unchanged.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from keel import KeelPlugin, KeelSettings
 from keel.workflows import ALL_WORKFLOWS
 
 HISTORIES = Path(__file__).parent / "histories"
-CURRENT = "0.2.0"
+CURRENT = "0.3.0"
 CURRENT_HISTORIES = sorted((HISTORIES / CURRENT).glob("*.json"))
+COMPATIBLE_HISTORIES = sorted((HISTORIES / "0.2.0").glob("*.json")) + CURRENT_HISTORIES
 RELEASE_0_1 = sorted(HISTORIES.glob("*.json"))
 # 0.1.0 histories of the entity workflows, whose code did not change, still replay; the
 # pipelines' do not (stated in the README).
@@ -30,8 +32,10 @@ STILL_COMPATIBLE_0_1 = {"ProviderHealth", "TenantBudget"}
 
 
 def replayer() -> Replayer:
-    # Exactly what a worker with the plugin runs: workflows, data converter, sandbox settings.
-    return Replayer(workflows=[], plugins=[KeelPlugin(KeelSettings())])
+    # Exactly what a worker with the plugin runs: workflows, data converter, sandbox settings,
+    # and the deployment's queues the histories were recorded in (tests/record_histories.py):
+    # a run on the index owner's queue searches locally, so replay must know that queue.
+    return Replayer(workflows=[], plugins=[KeelPlugin(KeelSettings(task_queue="histories", index_task_queue="histories-index"))])
 
 
 def test_every_workflow_type_has_a_recorded_history():
@@ -39,7 +43,7 @@ def test_every_workflow_type_has_a_recorded_history():
     assert recorded >= {wf.__name__ for wf in ALL_WORKFLOWS}
 
 
-@pytest.mark.parametrize("path", CURRENT_HISTORIES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", COMPATIBLE_HISTORIES, ids=lambda p: f"{p.parent.name}/{p.name}")
 async def test_recorded_history_replays_deterministically(path: Path):
     history = WorkflowHistory.from_json(path.stem, path.read_text())
     result = await replayer().replay_workflow(history, raise_on_replay_failure=False)

@@ -6,7 +6,11 @@ tools of an MCP server.
 """
 
 from keel.agents._loop import run_agent
+from keel.agents.mcp import MCPServer, mcp_tools
 from keel.agents.tools import ToolCall, ToolResult, ToolSpec, tool
 from keel.agents.types import AgentLimits, AgentResult, AgentStop, ToolCallRecord
 
-__all__ = ["AgentLimits", "AgentResult", "AgentStop", "ToolCall", "ToolCallRecord", "ToolResult", "ToolSpec", "run_agent", "tool"]
+__all__ = [
+    "AgentLimits", "AgentResult", "AgentStop", "MCPServer", "ToolCall", "ToolCallRecord", "ToolResult", "ToolSpec",
+    "mcp_tools", "run_agent", "tool",
+]
