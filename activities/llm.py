@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hashlib
 import json
 import time
@@ -32,6 +33,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from keel.activities._runtime import runtime
 from keel.errors import LLMError, to_application_error
 from keel.llm.cache import AnswerCache, CachedAnswer
+from keel.llm.clients import ChatClient
 from keel.llm.policy import budget_period
 from keel.llm.providers import ProviderConfig, provider_health_id, tenant_budget_id
 from keel.llm.types import (
@@ -42,11 +44,13 @@ from keel.llm.types import (
     LLMCache,
     LLMPlan,
     Message,
+    STREAM_TOPIC,
     PeriodSpend,
     ProviderAttempt,
     ProviderHealthInput,
     ProviderHealthState,
     ProviderPlan,
+    StreamEvent,
     TenantBudgetInput,
     Usage,
 )
@@ -207,6 +211,7 @@ class RequestInput:
     # segment after prompt_key, and the reply another; the output names the new head.
     append: list[dict[str, Any]] = field(default_factory=list)
     conversation: bool = False
+    stream: bool = False  # publish tokens to the run's workflow stream (topic keel.llm)
 
 
 @dataclass
@@ -271,11 +276,22 @@ async def request_llm(inp: RequestInput) -> RequestOutput:
     head = rt.blobs.put_json({"parent": inp.prompt_key, "messages": inp.append}) if inp.append else inp.prompt_key
     messages, schema, tools = conversation(head)
     messages = messages + [{"role": m.role, "content": m.content} for m in inp.repair]
+    async with contextlib.AsyncExitStack() as stack:
+        stream = await stack.enter_async_context(_TokenStream(inp, provider.name, attempt)) if inp.stream else None
+        return await _request(inp, provider, attempt, messages, schema, tools, head, stream)
+
+
+async def _request(inp: RequestInput, provider: ProviderConfig, attempt: int, messages, schema, tools, head, stream) -> RequestOutput:
+    rt, s = runtime(), runtime().settings
+    client = provider.client()
+    extra = {"on_delta": stream.token} if stream is not None and isinstance(client, ChatClient) else {}
     try:
-        completion = await provider.client().complete(
-            messages, json_schema=schema, max_tokens=inp.max_tokens or s.llm_max_tokens, tools=tools or None
+        completion = await client.complete(
+            messages, json_schema=schema, max_tokens=inp.max_tokens or s.llm_max_tokens, tools=tools or None, **extra
         )
     except LLMError as e:
+        if stream is not None:
+            await stream.discard(f"{type(e).__name__}: {e.message}"[:300])
         record = attempt_record(provider, e, call=inp.call, attempt=attempt)
         health = _health_report(provider, ok=False, error_type=type(e).__name__, message=e.message, retry_after=e.retry_after)
         await _report(inp.tenant, provider, record, health)
@@ -292,6 +308,8 @@ async def request_llm(inp: RequestInput) -> RequestOutput:
         call=inp.call,
         attempt=attempt,
     )
+    if stream is not None:
+        await stream.end(completion.content if not extra else None)
     # Whether the reply is valid is for the workflow to say: it reports that to the breaker.
     await _report(inp.tenant, provider, record, None)
     reply_head = ""
@@ -304,6 +322,43 @@ async def request_llm(inp: RequestInput) -> RequestOutput:
         content=completion.content, model=completion.model, usage=usage, provider=provider.name, record=record,
         tool_calls=completion.tool_calls, head=reply_head,
     )
+
+
+class _TokenStream:
+    """Publishes one attempt's tokens to the calling run's workflow stream (the run constructs a
+    ``WorkflowStream``); batched every 100 ms, flushed when the attempt ends or fails."""
+
+    def __init__(self, inp: RequestInput, provider: str, attempt: int) -> None:
+        self.call, self.provider, self.attempt = inp.call, provider, attempt
+
+    async def __aenter__(self) -> _TokenStream:
+        from temporalio.contrib.workflow_streams import WorkflowStreamClient
+
+        self.client = WorkflowStreamClient.from_within_activity(batch_interval=timedelta(milliseconds=100))
+        await self.client.__aenter__()
+        self.topic = self.client.topic(STREAM_TOPIC, type=StreamEvent)
+        self._publish("start", force=True)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        try:
+            await self.client.__aexit__(*exc)
+        except Exception as e:  # noqa: BLE001 - a lost token never fails the request
+            activity.logger.warning("could not flush the token stream: %s", e)
+
+    def _publish(self, kind: str, text: str = "", *, force: bool = False) -> None:
+        self.topic.publish(StreamEvent(kind, self.call, self.attempt, self.provider, text), force_flush=force)
+
+    async def token(self, piece: str) -> None:
+        self._publish("token", piece)
+
+    async def discard(self, why: str) -> None:
+        self._publish("discard", why, force=True)
+
+    async def end(self, whole: str | None) -> None:
+        if whole is not None:  # a provider that does not stream: its reply in one piece
+            self._publish("token", whole)
+        self._publish("end", force=True)
 
 
 def attempt_record(provider: ProviderConfig, e: LLMError, *, call: int, attempt: int) -> ProviderAttempt:

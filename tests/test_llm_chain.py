@@ -4,6 +4,7 @@ loopback ("primary" speaks OpenAI's protocol, "fallback" Anthropic's)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import datetime, timezone
 
 import pytest
@@ -15,7 +16,9 @@ from keel.llm.providers import provider_health_id, tenant_budget_id
 from keel.search_attributes import KEEL_COST_USD, KEEL_MODEL, KEEL_TENANT, KEEL_TOKENS
 from keel.testing.fake_openai import Step
 from tests.conftest import KeelEnv
-from tests.llm_helpers import ask, ingest_history, reset_providers
+from keel.streaming import follow
+from keel.workflows import AnswerQuestion
+from tests.llm_helpers import QUESTION, ask, ingest_history, reset_providers
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -195,3 +198,26 @@ async def _spend(env: KeelEnv, tenant: str) -> PeriodSpend:
         return await handle.query("spend", period, result_type=PeriodSpend)
     except RPCError:  # nothing charged yet
         return PeriodSpend()
+
+
+async def test_a_streamed_answer_marks_discarded_attempts_and_ends_with_the_result(env, fake_providers):
+    primary, fallback = fake_providers
+    primary.script(Step.stream_cut(4), Step.stream_cut(4))  # both attempts break mid-answer: fall over
+    fallback.script(Step.schema_violation(), Step.answer())  # an invalid reply, then the repaired one
+    inp = dataclasses.replace(env.settings.ask_input(TENANT, QUESTION), use_cache=False, stream=True)
+    handle = await env.client.start_workflow(
+        AnswerQuestion.run, inp, id=env.workflow_id("ask-stream"), task_queue=env.settings.index_task_queue
+    )
+    shown = await asyncio.wait_for(_collect(follow(env.client, handle.id)), 180)  # ends with the run
+    result = await handle.result()
+
+    assert result.provider == "fallback" and not result.degraded
+    markers = [i for i, s in enumerate(shown) if s.marker]
+    assert len(markers) == 3, shown  # two broken attempts, one invalid reply
+    assert "".join(s.text for s in shown[: markers[0]]), "words streamed before the first break"
+    assert "LLMUnavailable" in shown[markers[0]].marker and "invalid reply" in shown[markers[2]].marker
+    assert "".join(s.text for s in shown[markers[-1] + 1:]) == result.answer
+
+
+async def _collect(stream) -> list:
+    return [s async for s in stream]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from temporalio import workflow
+from temporalio.contrib.workflow_streams import WorkflowStream
 
 with workflow.unsafe.imports_passed_through():
     from keel import llm, steps
@@ -24,6 +25,7 @@ class AskInput:
     pii: PIIPolicy | None = None  # None: the worker's default policy
     use_cache: bool = True  # False: skip the cache lookup (a fresh answer still refreshes it)
     max_cost_usd: float | None = None  # per-run budget: no further LLM call once spent
+    stream: bool = False  # publish the answer's tokens to this run's workflow stream (topic keel.llm)
 
 
 @dataclass
@@ -97,6 +99,7 @@ class AnswerQuestion:
             cites=lambda reply: [h.chunk_id for h in found.cited(reply.citations)],
             cache=LLMCache(key=question.text, context_ids=ids, version=inp.prompt_version, read=inp.use_cache),
             budget=RunBudget(inp.max_cost_usd) if inp.max_cost_usd is not None else None,
+            stream=self._stream if inp.stream else None,
         )
         settings.providers = out.providers
         self._cache_looked_up = out.cache_looked_up
@@ -116,6 +119,8 @@ class AnswerQuestion:
 
     def __init__(self) -> None:
         self._cache_looked_up = False
+        # Subscribers (``keel ask --stream``) read the answer's tokens here while it is written.
+        self._stream = WorkflowStream()
 
     def _finish(self, result: AskResult) -> AskResult:
         """Totals over every attempt of the run, and the search attributes operators filter by."""

@@ -58,7 +58,9 @@ from keel.llm.types import (
     PolicyDecision,
     ProviderAttempt,
     ProviderPlan,
+    STREAM_TOPIC,
     RunBudget,
+    StreamEvent,
     Usage,
 )
 from keel.options import STEP_DEFAULTS, StepOptions
@@ -192,6 +194,7 @@ async def complete(
     max_repairs: int = 1,
     max_tokens: int | None = None,
     options: StepOptions | None = None,
+    stream: Any = None,
 ) -> LLMResult[T]:
     """Ask the provider chain for a value of ``output`` (a pydantic model), validated.
 
@@ -211,6 +214,10 @@ async def complete(
     :param max_repairs: re-asks per provider with the validation errors before moving on.
     :param max_tokens: the reply's token limit (default: the deployment's ``llm_max_tokens``).
     :param options: overrides for the request step (timeouts, retry policy, task queue).
+    :param stream: the run's ``temporalio.contrib.workflow_streams.WorkflowStream`` (construct it
+        in your workflow's ``__init__``): every attempt publishes its tokens as they arrive to
+        topic ``keel.llm`` (:class:`~keel.llm.types.StreamEvent`), and an attempt whose text is
+        void (failed mid-stream, or invalid) is followed by a ``discard`` marker.
     :returns: :class:`LLMResult` with ``ok``, ``value`` or ``reason``, and every attempt with
         its usage and cost. A tenant whose budget is spent with no ``budget_fallback`` provider
         raises ``BudgetExceeded`` (non-retryable: the run fails, visible in the UI).
@@ -234,7 +241,7 @@ async def complete(
     schema = schema or output_schema(output)
     if cache is not None and cache.key is None:  # by default a request is cached by its last user message
         cache = dataclasses.replace(cache, key=next((m.content for m in reversed(messages) if m.role == "user"), ""))
-    call = _Call(output, messages, schema, tenant, budget, cache, validate, cites, max_repairs, max_tokens, options)
+    call = _Call(output, messages, schema, tenant, budget, cache, validate, cites, max_repairs, max_tokens, options, stream)
     if workflow.in_workflow():
         return await call.in_workflow()
     return await call.in_process()
@@ -253,6 +260,7 @@ class _Call:
     max_repairs: int
     max_tokens: int | None
     options: StepOptions | None
+    stream: Any = None  # a WorkflowStream
     result: LLMResult = field(default_factory=lambda: LLMResult(ok=False))
     reasons: list[tuple[str, str]] = field(default_factory=list)
 
@@ -322,6 +330,9 @@ class _Call:
                 result.errors = errors
                 reason, invalid = "invalid answer after repair: " + "; ".join(errors), True
                 repair = repair_messages(reply.content, errors)
+                if self.stream is not None:
+                    event = StreamEvent("discard", reply.record.call, reply.record.attempt, provider.name, "invalid reply: " + "; ".join(errors))
+                    self.stream.topic(STREAM_TOPIC, type=StreamEvent).publish(event)
             if result.ok or result.reason:
                 break
             if invalid:
@@ -350,7 +361,7 @@ class _Call:
         calls.add(ledger.requests)
         inp = RequestInput(
             provider=provider.name, prompt_key=prompt_key, tenant=self.tenant, call=ledger.requests, repair=repair,
-            max_tokens=self.max_tokens,
+            max_tokens=self.max_tokens, stream=self.stream is not None,
         )
         return await request(ledger, provider, inp, self.options)
 

@@ -17,6 +17,7 @@ import json
 import math
 import time
 import weakref
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -221,7 +222,10 @@ class ChatClient(_HTTPClient):
         json_schema: dict[str, Any] | None = None,
         max_tokens: int = 256,
         tools: list[dict[str, Any]] | None = None,
+        on_delta: Callable[[str], Awaitable[None]] | None = None,
     ) -> Completion:
+        """One chat completion; with ``on_delta`` it is streamed (server-sent events) and each
+        piece of content is passed to ``on_delta`` as it arrives."""
         body: dict[str, Any] = {
             "model": self.model, "messages": [_openai_message(m) for m in messages], "max_tokens": max_tokens, "temperature": 0,
         }
@@ -231,8 +235,54 @@ class ChatClient(_HTTPClient):
             body["tools"] = [{"type": "function", "function": t} for t in tools]
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         estimate = estimate_tokens(messages)
+        if on_delta is not None:
+            body["stream"], body["stream_options"] = True, {"include_usage": True}
+            return await self._stream(f"{self.base_url}/chat/completions", body, headers, estimate, on_delta)
         response = await self._post(f"{self.base_url}/chat/completions", body, headers, estimate)
         return self._parse(response, estimate)
+
+    async def _stream(
+        self, url: str, body: dict[str, Any], headers: dict[str, str], estimate: int, on_delta: Callable[[str], Awaitable[None]]
+    ) -> Completion:
+        parts: list[str] = []
+        usage: dict[str, Any] = {}
+        model = self.model
+        try:
+            async with asyncio.timeout(self.timeout):
+                async with _shared_client(self.timeout).stream("POST", url, json=body, headers=headers) as response:
+                    if response.status_code >= 400:
+                        await response.aread()
+                        self._raise_for_status(response, _error_text(response))
+                    async for line in response.aiter_lines():
+                        if not line.startswith("data:"):
+                            continue
+                        data = line[5:].strip()
+                        if data == "[DONE]":
+                            break
+                        chunk = json.loads(data)
+                        model = chunk.get("model") or model
+                        usage = chunk.get("usage") or usage
+                        for choice in chunk.get("choices") or []:
+                            piece = (choice.get("delta") or {}).get("content")
+                            if piece:
+                                parts.append(piece)
+                                await on_delta(piece)
+        except (TimeoutError, httpx.TimeoutException) as e:
+            raise LLMUnavailable(f"LLM stream timed out after {self.timeout}s ({type(e).__name__})", **_maybe_billed(True, estimate)) from None
+        except httpx.TransportError as e:
+            sent = not isinstance(e, httpx.ConnectError)
+            raise LLMUnavailable(
+                f"LLM stream broke after {len(parts)} pieces: {type(e).__name__}: {e}", **_maybe_billed(sent, estimate)
+            ) from None
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise LLMBadOutput(f"malformed stream: {type(e).__name__}: {e}", prompt_tokens=estimate, usage_estimated=True) from None
+        content = "".join(parts)
+        return Completion(
+            content=content,
+            model=model,
+            prompt_tokens=int(usage.get("prompt_tokens") or estimate),
+            completion_tokens=int(usage.get("completion_tokens") or len(content) // 4),
+        )
 
     def _parse(self, response: httpx.Response, prompt_estimate: int) -> Completion:
         self._raise_for_status(response, _error_text(response))

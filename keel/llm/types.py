@@ -26,6 +26,27 @@ class Message:
     content: str
 
 
+STREAM_TOPIC = "keel.llm"  # the workflow stream topic LLM calls publish tokens to
+
+
+@dataclass
+class StreamEvent:
+    """One event of an LLM call's token stream (``temporalio.contrib.workflow_streams`` topic
+    ``keel.llm``): ``start`` of an attempt, a ``token`` (a piece of its reply), ``discard`` (the
+    attempt's text so far is void: it failed mid-stream, or its reply was invalid; ``text`` says
+    why; a retry, repair or the next provider follows with its own ``start``), ``end``.
+
+    >>> StreamEvent("token", call=1, attempt=1, provider="default", text="The lens").text
+    'The lens'
+    """
+
+    kind: Literal["start", "token", "discard", "end"]
+    call: int
+    attempt: int = 0
+    provider: str = ""
+    text: str = ""
+
+
 @dataclass
 class RunBudget:
     """The most a workflow run may spend on LLM calls, in USD, every attempt of every call counted.

@@ -64,6 +64,7 @@ class Fault(enum.Enum):
     EMPTY = "empty"
     SLOW_STREAM = "slow_stream"
     TOOL_CALLS = "tool_calls"
+    STREAM_CUT = "stream_cut"
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class Step:
     retry_after: str | None = None  # RATE_LIMITED: Retry-After header value (None = omit)
     seconds: float = 0.0  # HANG: sleep before answering; SLOW_STREAM: delay between chunks
     calls: tuple = ()  # TOOL_CALLS: ((name, arguments dict), ...)
+    words: int = 0  # STREAM_CUT: words streamed before the connection drops
 
     @classmethod
     def ok(cls, content: str) -> "Step":
@@ -136,6 +138,12 @@ class Step:
         """200 with the model calling tools: ``("name", {arguments})`` each, in one turn
         (OpenAI ``tool_calls``; Anthropic ``tool_use`` blocks)."""
         return cls(Fault.TOOL_CALLS, calls=tuple((name, dict(args)) for name, args in calls))
+
+    @classmethod
+    def stream_cut(cls, words: int = 3) -> "Step":
+        """A streamed answer that stops after ``words`` words: the connection is reset (a
+        request without ``stream`` is reset at once)."""
+        return cls(Fault.STREAM_CUT, words=int(words))
 
     @classmethod
     def slow_stream(cls, delay: float) -> "Step":
@@ -480,6 +488,12 @@ class _Handler(BaseHTTPRequestHandler):
         if kind in (Fault.SERVER_ERROR, Fault.CLIENT_ERROR):
             self._send_json(step.status, error_body(step.status))
             return
+        if kind is Fault.STREAM_CUT:
+            if stream:
+                self._stream(body, answer_content(body), 0.0, cut_after=step.words)
+            else:
+                self._abort_connection()
+            return
         if kind is Fault.TOOL_CALLS:
             reply = fake._completion(body, "")
             message = reply["choices"][0]["message"]
@@ -613,7 +627,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.wfile.flush()
 
-    def _stream(self, body: dict, content: str, delay: float) -> None:
+    def _stream(self, body: dict, content: str, delay: float, cut_after: int | None = None) -> None:
         fake = self.server.fake
         model = body.get("model") if isinstance(body.get("model"), str) else fake.model
         cid = "chatcmpl-" + uuid.uuid4().hex
@@ -641,12 +655,20 @@ class _Handler(BaseHTTPRequestHandler):
         self._write_chunk(chunk({"role": "assistant", "content": ""}, None))
         words = content.split(" ") if content else []
         for i, word in enumerate(words):
+            if cut_after is not None and i >= cut_after:
+                self._abort_connection()
+                return
             if delay > 0 and fake._sleep(delay):
                 self.close_connection = True
                 return  # server stopping: abandon the stream
             piece = word if i == 0 else " " + word
             self._write_chunk(chunk({"content": piece}, None))
         self._write_chunk(chunk({}, "stop"))
+        if isinstance(body.get("stream_options"), dict) and body["stream_options"].get("include_usage"):
+            usage = {"prompt_tokens": _prompt_tokens(body), "completion_tokens": len(words)}
+            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+            obj = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage}
+            self._write_chunk(b"data: " + json.dumps(obj).encode("utf-8") + b"\n\n")
         self._write_chunk(b"data: [DONE]\n\n")
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
