@@ -34,7 +34,7 @@ demo: $(STAMP)
 	$(KEEL) ask "How much does a family membership cost?" --tenant $(TENANT)
 	@echo "The stack keeps running for the Web UI; stop it with: $(KEEL) down"
 
-EXAMPLES := examples/support_triage examples/summarizer
+EXAMPLES := examples/support_triage examples/summarizer examples/followup examples/research_agent examples/refund_agent
 
 # Keel's own suite, then each example project's, from its own folder (each is a separate user
 # project with its own `workflows` package, so they do not share one interpreter).

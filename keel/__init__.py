@@ -27,6 +27,11 @@ Everything here is public and documented; other modules are Keel's own machinery
 * run settings: :class:`ChunkSpec`, :class:`PIIPolicy`, :class:`EmbeddingSpec`,
   :class:`RetrievalSettings`, :class:`Filters`; step options: :class:`StepOptions`
 * deployment: :class:`KeelSettings`, :class:`KeelPlugin`; tests: :mod:`keel.testing`
+* agents: :func:`run_agent` with :func:`tool` s (:class:`AgentLimits`, :class:`AgentResult`,
+  :class:`AgentStop`; MCP servers' tools: :mod:`keel.agents.mcp`)
+* people and time: :func:`approval` (:class:`ApprovalRequest`, :class:`Escalation`,
+  :class:`ApprovalDecision`; deciding from code: :mod:`keel.approvals`), :func:`wait_for_event`
+  (:class:`EventResult`), :func:`sleep`
 * errors: :class:`KeelError` and its subclasses (:mod:`keel.errors`)
 """
 
@@ -36,7 +41,9 @@ from keel.offline import configure_offline
 # an explicit environment wins.
 configure_offline()
 
-from keel import llm, steps  # noqa: E402
+from keel import approvals, llm, steps  # noqa: E402
+from keel.agents import AgentLimits, AgentResult, AgentStop, run_agent, tool  # noqa: E402
+from keel.approvals import ApprovalDecision, ApprovalRequest, DecisionRejected, Escalation, approval  # noqa: E402
 from keel.config import KeelSettings  # noqa: E402
 from keel.errors import (  # noqa: E402
     BadDocument,
@@ -66,15 +73,24 @@ from keel.types import (  # noqa: E402
     SearchResult,
     Vectors,
 )
+from keel.waits import EventResult, sleep, wait_for_event  # noqa: E402
 
 __all__ = [
+    "AgentLimits",
+    "AgentResult",
+    "AgentStop",
+    "ApprovalDecision",
+    "ApprovalRequest",
     "BadDocument",
     "BudgetExceeded",
     "ChunkSpec",
     "ChunkText",
     "Chunks",
+    "DecisionRejected",
     "Elements",
     "EmbeddingSpec",
+    "Escalation",
+    "EventResult",
     "Filters",
     "Fusion",
     "IndexResult",
@@ -97,7 +113,13 @@ __all__ = [
     "SearchResult",
     "StepOptions",
     "Vectors",
+    "approval",
+    "approvals",
     "complete",
     "llm",
+    "run_agent",
+    "sleep",
     "steps",
+    "tool",
+    "wait_for_event",
 ]

@@ -7,6 +7,9 @@
     keel ask "QUESTION" --tenant T [--source PATH] [--tag TAG]... [--since D] [--until D] [--json]
              [--no-cache] [--max-cost USD]
     keel stats --tenant T [--json]
+    keel approvals [--tenant T] [--json]                  pending human approvals
+    keel approve RUN_ID [--comment TEXT] [--approval ID] [--as USER]
+    keel reject RUN_ID --reason TEXT [--approval ID] [--as USER]
 """
 
 from __future__ import annotations
@@ -144,8 +147,11 @@ async def cmd_ask(args, settings: KeelSettings) -> int:
         filters = Filters(source=source, tags=args.tag or [], date_from=args.since, date_to=args.until)
     ask_input = settings.ask_input(args.tenant, args.question, filters=filters)
     ask_input.use_cache, ask_input.max_cost_usd = not args.no_cache, args.max_cost
+    ask_input.stream = args.stream
     # On the index owner's queue the search is a local activity: one task-queue hop less.
     handle = await client.start_workflow(AnswerQuestion.run, ask_input, id=workflow_id, task_queue=settings.index_task_queue)
+    if args.stream and not args.json:
+        await _print_stream(client, workflow_id, args.question)
     result = await handle.result()
     url = settings.run_ui_url(workflow_id, handle.result_run_id)
     out = {
@@ -182,6 +188,19 @@ async def cmd_ask(args, settings: KeelSettings) -> int:
     return 0
 
 
+async def _print_stream(client, workflow_id: str, question: str) -> None:
+    """The answer as the model writes it; a marker where an attempt's text is discarded."""
+    from keel.streaming import follow
+
+    print(f"Q: {question}\n…  ", end="", flush=True)
+    async for shown in follow(client, workflow_id):
+        if shown.marker:
+            print(f"\n   {shown.marker}\n…  ", end="", flush=True)
+        else:
+            print(shown.text, end="", flush=True)
+    print("\n", flush=True)
+
+
 def _llm_summary(result) -> str:
     """One line: who answered (or the cache), tokens and cost of every attempt, decisions."""
     tokens = result.usage.prompt_tokens + result.usage.completion_tokens
@@ -208,6 +227,92 @@ async def cmd_stats(args, settings: KeelSettings) -> int:
     )
     print(json.dumps(asdict(stats)) if args.json else f"{stats.documents} documents, {stats.chunks} chunks")
     return 0
+
+
+def _default_user() -> str:
+    return os.environ.get("USER") or "cli"
+
+
+async def cmd_approvals(args, settings: KeelSettings) -> int:
+    from keel.approvals import pending_query, query_pending
+
+    client = await _client(settings)
+    rows, unanswered = [], []
+    async for run in client.list_workflows(pending_query(args.tenant)):
+        try:
+            rows.extend(await query_pending(client, run.id, run.run_id))
+        except Exception as e:  # no worker answers for that run right now
+            unanswered.append((run.id, f"{type(e).__name__}: {e}"))
+    if args.json:
+        print(json.dumps({
+            "approvals": [_pending_json(p) for p in rows],
+            "unanswered": [{"workflow_id": w, "error": err} for w, err in unanswered],
+        }))
+        return 0
+    if not rows and not unanswered:
+        print("no pending approvals" + (f" for tenant {args.tenant!r}" if args.tenant else ""))
+    for p in rows:
+        r = p.request
+        print(f"{p.workflow_id}  {p.approval_id}  {r.summary}")
+        line = f"    approvers: {', '.join(r.approvers)}   allowed: {', '.join(r.allowed)}"
+        if r.tenant:
+            line += f"   tenant: {r.tenant}"
+        print(line)
+        due = [f"requested {_when(p.requested_at)}"]
+        if p.sla_at:
+            due.append(f"SLA {_when(p.sla_at)}" + (" (overdue)" if p.overdue else ""))
+        if p.deadline_at:
+            due.append(f"auto-{p.on_deadline} at {_when(p.deadline_at)}")
+        print("    " + ", ".join(due))
+        for key, value in r.details.items():
+            print(f"    {key}: {value}")
+    for workflow_id, err in unanswered:
+        print(f"{workflow_id}  (pending; no worker answered the query: {err})")
+    return 0
+
+
+def _when(t) -> str:
+    return t.strftime("%Y-%m-%d %H:%M:%S %Z").strip()
+
+
+def _pending_json(p) -> dict:
+    from pydantic_core import to_jsonable_python
+
+    return to_jsonable_python(p)
+
+
+async def _decide(args, settings: KeelSettings, value: str, comment: str) -> int:
+    from keel.approvals import DecisionRejected, decide
+
+    client = await _client(settings)
+    try:
+        decision = await asyncio.wait_for(
+            decide(client, args.run_id, value, by=args.user, approval_id=args.approval, comment=comment), DECIDE_TIMEOUT
+        )
+    except DecisionRejected as e:
+        print(f"keel {args.command}: not accepted: {e.message}", file=sys.stderr)
+        return 1
+    except asyncio.TimeoutError:
+        print(
+            f"keel {args.command}: no worker took the decision within {DECIDE_TIMEOUT:.0f}s (is the run's worker "
+            "running?); it may still be applied when one does",
+            file=sys.stderr,
+        )
+        return 1
+    verdict = "approved" if decision.approved else "rejected"
+    print(f"{args.run_id}: approval {decision.approval_id!r} {verdict} ({decision.value}) by {decision.decided_by}")
+    return 0
+
+
+DECIDE_TIMEOUT = 60.0
+
+
+async def cmd_approve(args, settings: KeelSettings) -> int:
+    return await _decide(args, settings, "approve", args.comment or "")
+
+
+async def cmd_reject(args, settings: KeelSettings) -> int:
+    return await _decide(args, settings, "reject", args.reason)
 
 
 def _describe_failure(err: Exception, settings: KeelSettings) -> str:
@@ -260,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--until", type=_iso_date, help="only documents dated on or before YYYY-MM-DD")
     ask.add_argument("--no-cache", action="store_true", help="do not answer from the answer cache")
     ask.add_argument("--max-cost", type=float, metavar="USD", help="this run's LLM budget")
+    ask.add_argument("--stream", action="store_true", help="print the answer as it is generated, then the result")
     ask.add_argument("--json", action="store_true")
     ask.set_defaults(func=cmd_ask)
 
@@ -267,6 +373,26 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--tenant", required=True)
     stats.add_argument("--json", action="store_true")
     stats.set_defaults(func=cmd_stats)
+
+    approvals = sub.add_parser("approvals", help="list runs waiting for a human approval")
+    approvals.add_argument("--tenant", help="only this tenant's approvals")
+    approvals.add_argument("--json", action="store_true")
+    approvals.set_defaults(func=cmd_approvals)
+
+    def decision_parser(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        p.add_argument("run_id", metavar="RUN_ID", help="the workflow id of the run")
+        p.add_argument("--approval", metavar="ID", help="which approval, when the run waits for several")
+        p.add_argument("--as", dest="user", default=_default_user(), metavar="USER",
+                       help="decide as this approver (default: $USER, else 'cli')")
+        return p
+
+    approve = decision_parser("approve", "approve a pending approval")
+    approve.add_argument("--comment", metavar="TEXT", help="recorded with the decision")
+    approve.set_defaults(func=cmd_approve)
+    reject = decision_parser("reject", "reject a pending approval")
+    reject.add_argument("--reason", required=True, metavar="TEXT", help="recorded with the decision (its comment)")
+    reject.set_defaults(func=cmd_reject)
     return parser
 
 

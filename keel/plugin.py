@@ -43,9 +43,10 @@ def keel_activities() -> list:
     from keel.activities.index import INDEX_ACTIVITIES
     from keel.activities.ingest import INGEST_ACTIVITIES
     from keel.activities.llm import LLM_ACTIVITIES
+    from keel.activities.approvals import APPROVAL_ACTIVITIES
     from keel.agents.mcp import MCP_ACTIVITIES
 
-    return [*INGEST_ACTIVITIES, *LLM_ACTIVITIES, *INDEX_ACTIVITIES, *MCP_ACTIVITIES]
+    return [*INGEST_ACTIVITIES, *LLM_ACTIVITIES, *INDEX_ACTIVITIES, *MCP_ACTIVITIES, *APPROVAL_ACTIVITIES]
 
 
 def keel_workflows() -> list[type]:

