@@ -326,7 +326,14 @@ async def _request(inp: RequestInput, provider: ProviderConfig, attempt: int, me
 
 class _TokenStream:
     """Publishes one attempt's tokens to the calling run's workflow stream (the run constructs a
-    ``WorkflowStream``); batched every 100 ms, flushed when the attempt ends or fails."""
+    ``WorkflowStream``): a batch at most every 100 ms, flushed when the attempt ends or fails.
+
+    Flushes are awaited here rather than left to the stream client's background flusher:
+    cancelling that flusher on exit can hang (Python 3.11's ``wait_for`` may swallow the
+    cancellation), which held a finished request until its timeout.
+    """
+
+    EVERY = 0.1  # seconds between batches
 
     def __init__(self, inp: RequestInput, provider: str, attempt: int) -> None:
         self.call, self.provider, self.attempt = inp.call, provider, attempt
@@ -334,31 +341,39 @@ class _TokenStream:
     async def __aenter__(self) -> _TokenStream:
         from temporalio.contrib.workflow_streams import WorkflowStreamClient
 
-        self.client = WorkflowStreamClient.from_within_activity(batch_interval=timedelta(milliseconds=100))
-        await self.client.__aenter__()
+        self.client = WorkflowStreamClient.from_within_activity()
         self.topic = self.client.topic(STREAM_TOPIC, type=StreamEvent)
-        self._publish("start", force=True)
+        self._publish("start")
+        await self._flush()
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
-        try:
-            await self.client.__aexit__(*exc)
-        except Exception as e:  # noqa: BLE001 - a lost token never fails the request
-            activity.logger.warning("could not flush the token stream: %s", e)
+        await self._flush()
 
-    def _publish(self, kind: str, text: str = "", *, force: bool = False) -> None:
-        self.topic.publish(StreamEvent(kind, self.call, self.attempt, self.provider, text), force_flush=force)
+    def _publish(self, kind: str, text: str = "") -> None:
+        self.topic.publish(StreamEvent(kind, self.call, self.attempt, self.provider, text))
+
+    async def _flush(self) -> None:
+        self._last = time.monotonic()
+        try:
+            await self.client.flush()
+        except Exception as e:  # noqa: BLE001 - a lost token never fails the request
+            activity.logger.warning("could not publish tokens: %s", e)
 
     async def token(self, piece: str) -> None:
         self._publish("token", piece)
+        if time.monotonic() - self._last >= self.EVERY:
+            await self._flush()
 
     async def discard(self, why: str) -> None:
-        self._publish("discard", why, force=True)
+        self._publish("discard", why)
+        await self._flush()
 
     async def end(self, whole: str | None) -> None:
         if whole is not None:  # a provider that does not stream: its reply in one piece
             self._publish("token", whole)
-        self._publish("end", force=True)
+        self._publish("end")
+        await self._flush()
 
 
 def attempt_record(provider: ProviderConfig, e: LLMError, *, call: int, attempt: int) -> ProviderAttempt:

@@ -221,3 +221,17 @@ async def test_a_streamed_answer_marks_discarded_attempts_and_ends_with_the_resu
 
 async def _collect(stream) -> list:
     return [s async for s in stream]
+
+
+async def test_a_streamed_answer_arrives_token_by_token_in_one_attempt(env, fake_providers):
+    primary, _ = fake_providers
+    primary.script(Step.slow_stream(0.02))  # one word every 20 ms (under the 1.5 s timeout): several batches
+    inp = dataclasses.replace(env.settings.ask_input(TENANT, QUESTION), use_cache=False, stream=True)
+    handle = await env.client.start_workflow(
+        AnswerQuestion.run, inp, id=env.workflow_id("ask-stream"), task_queue=env.settings.index_task_queue
+    )
+    shown = await asyncio.wait_for(_collect(follow(env.client, handle.id)), 120)
+    result = await handle.result()
+    assert result.provider == "primary" and len(result.provider_attempts) == 1, result.provider_attempts
+    assert not any(s.marker for s in shown) and len([s for s in shown if s.text]) > 1
+    assert "".join(s.text for s in shown) == result.answer
