@@ -178,7 +178,8 @@ async def cmd_ask(args, settings: KeelSettings) -> int:
     if args.json:
         print(json.dumps(out))
         return 0
-    print(f"Q: {args.question}")
+    if not args.stream:  # a streamed ask printed its question already
+        print(f"Q: {args.question}")
     print(f"A: {result.answer}" + ("   [degraded: extractive fallback]" if result.degraded else ""))
     for c in result.citations:
         print(f"   - {_display_path(c.document)} (score {c.score:.2f}, chunk {c.chunk_id})")
