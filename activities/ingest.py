@@ -19,7 +19,7 @@ import numpy as np
 from temporalio import activity
 
 from keel.activities._runtime import heartbeating, runtime
-from keel.errors import KeelError, to_application_error
+from keel.errors import KeelError, PathNotAllowed, to_application_error
 from keel.types import ChunkSpec, Chunks, ChunkText, Elements, EmbeddingSpec, PIIPolicy, ScrubbedText, Vectors
 
 META_SUFFIX = ".meta.json"
@@ -48,6 +48,7 @@ class DocumentEntry:
     # Names what gets indexed: the content hash, or a hash of it and the metadata when there is any.
     version: str = ""
     metadata_error: str | None = None  # an unreadable .meta.json: this document fails, typed
+    path_error: str | None = None  # a path ingest may not read (PathNotAllowed): nothing was read
 
     @property
     def indexed_version(self) -> str:
@@ -72,18 +73,41 @@ class ManifestPage:
     entries: list[DocumentEntry]
 
 
-def _expand(paths: list[str]) -> list[Path]:
-    files: list[Path] = []
+def check_path(path: Path, roots: list[Path]) -> Path:
+    """``path`` resolved (symlinks followed), if it lies below one of ``roots``; else
+    ``PathNotAllowed``. A path with ``..`` is refused outright."""
+    if ".." in path.parts:
+        raise PathNotAllowed(f"{path}: '..' is not allowed in an ingest path")
+    real = path.expanduser().resolve()
+    if not any(real == root or root in real.parents for root in roots):
+        raise PathNotAllowed(f"{path}: outside the allowed roots ({', '.join(map(str, roots))})")
+    return real
+
+
+def _expand(paths: list[str], roots: list[Path]) -> list[tuple[Path, str | None]]:
+    """Every file below ``paths`` with why it may not be read (None: it may). ``roots``: the
+    allowed roots; empty: each named path is its own root (a symlink in it cannot reach out)."""
+    files: list[tuple[Path, str | None]] = []
     for raw in paths:
-        path = Path(raw).expanduser().resolve()
+        named = Path(raw).expanduser()
+        try:
+            path = check_path(named, roots or [named.resolve()])
+        except PathNotAllowed as e:
+            files.append((named.absolute(), str(e)))
+            continue
+        allowed = roots or [path]
         if path.is_dir():
             for root, dirs, names in os.walk(path):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                files.extend(
-                    Path(root) / n for n in sorted(names) if not n.startswith(".") and not n.endswith(META_SUFFIX)
-                )
+                for n in sorted(names):
+                    if n.startswith(".") or n.endswith(META_SUFFIX):
+                        continue
+                    try:
+                        files.append((check_path(Path(root) / n, allowed), None))
+                    except PathNotAllowed as e:
+                        files.append((Path(root) / n, str(e)))
         elif path.is_file():
-            files.append(path)
+            files.append((path, None))
         else:
             raise FileNotFoundError(f"{raw}: no such file or folder")
     return list(dict.fromkeys(files))  # a path named twice is one document
@@ -98,8 +122,12 @@ def list_documents(inp: ListDocumentsInput) -> Manifest:
     sees exactly the bytes whose hash names its workflow.
     """
     rt = runtime()
+    roots = [Path(r).expanduser().resolve() for r in rt.settings.ingest_roots]
     entries = []
-    for path in _expand(inp.paths):
+    for path, refused in _expand(inp.paths, roots):
+        if refused is not None:  # nothing of it is read: the document fails alone, typed
+            entries.append(asdict(DocumentEntry(str(path), document_id(inp.tenant, str(path)), "", 0, path_error=refused)))
+            continue
         data = path.read_bytes()
         entry = DocumentEntry(
             path=str(path), document_id=document_id(inp.tenant, str(path)), content_hash=rt.blobs.put(data), size=len(data)

@@ -53,6 +53,7 @@ from keel.errors import (  # noqa: E402
     KeelError,
     LLMError,
     MissingTenant,
+    PathNotAllowed,
 )
 from keel.llm import LLMCache, LLMResult, Message, ProviderConfig, RunBudget, complete  # noqa: E402
 from keel.options import StepOptions  # noqa: E402
@@ -105,6 +106,7 @@ __all__ = [
     "Message",
     "MissingTenant",
     "PIIPolicy",
+    "PathNotAllowed",
     "ProviderConfig",
     "RetrievalSettings",
     "RunBudget",

@@ -72,6 +72,9 @@ class KeelSettings(BaseSettings):
     # 0.35 admits phone numbers without a context word (presidio scores them 0.4).
     pii_score_threshold: float = 0.35
     ingest_concurrency: int = 8
+    # Ingest reads only below these folders (resolved, symlinks included). Empty: below the paths
+    # each ingest names (the CLI user's own), so a symlink inside them cannot reach further.
+    ingest_roots: list[Path] = []
     ingest_documents_per_run: int = 200  # continue-as-new after this many documents
     max_document_bytes: int = 50_000_000
 

@@ -125,6 +125,21 @@ class InvalidRequest(KeelError):
     retryable = False
 
 
+class PathNotAllowed(KeelError):
+    """A path ingest may not read: outside the allowed roots (``KeelSettings.ingest_roots``, or
+    by default the paths the caller named), a symlink pointing outside them, or one with ``..``.
+    Nothing of it is read; the other files of the ingest go on.
+
+    >>> from pathlib import Path
+    >>> from keel.activities.ingest import check_path
+    >>> check_path(Path("/etc/passwd"), [Path("/srv/docs")])
+    Traceback (most recent call last):
+    keel.errors.PathNotAllowed: /etc/passwd: outside the allowed roots (/srv/docs)
+    """
+
+    retryable = False
+
+
 class BudgetExceeded(KeelError):
     """The tenant's period budget is spent and no ``budget_fallback`` provider is configured.
 

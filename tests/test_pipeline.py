@@ -252,3 +252,23 @@ async def test_a_request_that_cannot_succeed_fails_the_run_typed(keel: KeelEnv, 
     kind, message = failure_reason(failed.value.cause)
     assert kind == "InvalidRequest" and "answer-v9" in message
     assert fake_llm.requests == []
+
+
+async def test_ingest_reads_nothing_outside_the_paths_it_was_given(keel: KeelEnv, tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "ferry.md").write_text("# Ferry\n\nThe island ferry leaves the north jetty at 07:15.")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("SECRET-TOKEN-4417: the keeper's private notes")
+    (docs / "notes.txt").symlink_to(secret)  # a symlink out of the named folder
+    (docs / "passwd.txt").symlink_to("/etc/passwd")
+
+    summary = await keel.ingest([docs, docs / ".." / "secret.txt"], tenant="confined")
+
+    assert summary.indexed == 1 and summary.failed == 3, summary
+    assert {Path(f.path).name for f in summary.failures} == {"notes.txt", "passwd.txt", "secret.txt"}
+    assert {f.error_type for f in summary.failures} == {"PathNotAllowed"}
+    assert (await keel.stats("confined")).documents == 1
+    # Nothing of a refused file was read: its bytes are nowhere in the blob store.
+    stored = [p.read_bytes() for p in keel.settings.blob_dir.rglob("*") if p.is_file()]
+    assert not any(b"SECRET-TOKEN-4417" in b or b"root:x:0:0" in b for b in stored)

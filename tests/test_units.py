@@ -232,3 +232,25 @@ def test_extractive_answer_quotes_the_best_chunk():
 def test_schema_limits_citations_to_source_labels():
     schema = prompts.answer_schema(3)
     assert schema["properties"]["citations"]["items"]["enum"] == ["S1", "S2", "S3"]
+
+
+def test_configured_ingest_roots_confine_what_is_read(tmp_path):
+    from keel.activities.ingest import _expand, check_path
+    from keel.errors import PathNotAllowed
+
+    allowed, other = tmp_path / "allowed", tmp_path / "other"
+    allowed.mkdir(), other.mkdir()
+    (allowed / "a.txt").write_text("a")
+    (other / "b.txt").write_text("b")
+    (allowed / "link.txt").symlink_to(other / "b.txt")
+    (allowed / "inner").symlink_to(other, target_is_directory=True)  # a folder link is not followed
+    roots = [allowed.resolve()]
+
+    listed = dict(_expand([str(allowed), str(other / "b.txt")], roots))
+    assert listed[(allowed / "a.txt").resolve()] is None
+    assert "outside the allowed roots" in listed[allowed / "link.txt"]
+    assert "outside the allowed roots" in listed[(other / "b.txt").absolute()]
+    assert not any("inner" in str(p) for p in listed)
+    with pytest.raises(PathNotAllowed, match=r"'\.\.'"):
+        check_path(allowed / ".." / "other" / "b.txt", [tmp_path.resolve()])
+    assert check_path(allowed / "a.txt", roots) == (allowed / "a.txt").resolve()

@@ -96,6 +96,8 @@ class IngestDocument:
     @workflow.run
     async def run(self, inp: IngestDocumentInput) -> IngestDocumentOutput:
         doc, s = inp.document, inp.settings
+        if doc.path_error:
+            raise ApplicationError(doc.path_error, type="PathNotAllowed", non_retryable=True)
         if doc.metadata_error:
             raise ApplicationError(doc.metadata_error, type="InvalidMetadata", non_retryable=True)
         try:
