@@ -12,8 +12,10 @@ from pathlib import Path
 from keel.errors import (
     BinaryContent,
     CorruptDocument,
+    DocumentTooComplex,
     DocumentTooLarge,
     EmptyDocument,
+    EncryptedDocument,
     InvalidEncoding,
     UnsupportedFormat,
 )
@@ -23,6 +25,10 @@ TEXT_FORMATS = {".txt": "text", ".text": "text", ".md": "md", ".markdown": "md",
 BINARY_FORMATS = {".pdf": "pdf", ".docx": "docx"}
 LANGUAGES = ["eng"]
 SUPPORTED_SUFFIXES = frozenset(TEXT_FORMATS) | frozenset(BINARY_FORMATS)
+# Hostile files are refused before a parser sees them, so memory stays bounded by these, not by
+# what a file claims to hold: what a .docx may unpack to, and how deep HTML may nest.
+MAX_UNPACKED_BYTES = 200_000_000
+MAX_HTML_DEPTH = 512
 
 
 def partition_document(data: bytes, name: str, *, max_bytes: int = 50_000_000) -> list[dict[str, str]]:
@@ -41,7 +47,10 @@ def partition_document(data: bytes, name: str, *, max_bytes: int = 50_000_000) -
 
     use_installed_spacy_model_for_unstructured()
     if suffix in TEXT_FORMATS:
-        elements = _partition_text(decode_text(data, name), TEXT_FORMATS[suffix])
+        text = decode_text(data, name)
+        if TEXT_FORMATS[suffix] == "html":
+            check_html_depth(text, name)
+        elements = _partition_text(text, TEXT_FORMATS[suffix])
     else:
         elements = _partition_binary(data, name, BINARY_FORMATS[suffix])
 
@@ -99,6 +108,7 @@ def _partition_binary(data: bytes, name: str, kind: str):
     else:
         if not head.startswith(b"PK"):
             raise CorruptDocument(f"{name}: not a .docx (not a zip container)")
+        check_unpacked_size(data, name)
         from unstructured.partition.docx import partition_docx
 
         partition, kwargs = partition_docx, {"languages": LANGUAGES}
@@ -115,8 +125,68 @@ def _check_pdf_structure(data: bytes, name: str) -> None:
     from pypdf.errors import PyPdfError
 
     try:
-        pages = len(PdfReader(io.BytesIO(data), strict=False).pages)
+        reader = PdfReader(io.BytesIO(data), strict=False)
+        if reader.is_encrypted:
+            raise EncryptedDocument(f"{name}: the PDF is encrypted (password-protected); decrypt it first")
+        pages = len(reader.pages)
     except (PyPdfError, ValueError, KeyError, TypeError, OSError) as e:
         raise CorruptDocument(f"{name}: damaged PDF structure: {type(e).__name__}: {e}") from None
     if pages == 0:
         raise CorruptDocument(f"{name}: the PDF has no pages")
+
+
+def check_unpacked_size(data: bytes, name: str, limit: int = MAX_UNPACKED_BYTES) -> None:
+    """Refuse a zip container (.docx) that unpacks to more than ``limit`` bytes: every member is
+    decompressed as a stream and counted (sizes in the zip's directory can lie), nothing kept.
+
+    >>> import io, zipfile
+    >>> buf = io.BytesIO()
+    >>> with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+    ...     z.writestr("word/document.xml", b" " * 5_000_000)
+    >>> check_unpacked_size(buf.getvalue(), "bomb.docx", limit=1_000_000)
+    Traceback (most recent call last):
+    keel.errors.DocumentTooLarge: bomb.docx: unpacks to more than 1000000 bytes (a zip bomb?)
+    """
+    import zipfile
+
+    total = 0
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            for info in z.infolist():
+                with z.open(info) as member:
+                    while chunk := member.read(1 << 20):
+                        total += len(chunk)
+                        if total > limit:
+                            raise DocumentTooLarge(f"{name}: unpacks to more than {limit} bytes (a zip bomb?)")
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError) as e:
+        raise CorruptDocument(f"{name}: damaged zip container: {type(e).__name__}: {e}") from None
+
+
+def check_html_depth(text: str, name: str, limit: int = MAX_HTML_DEPTH) -> None:
+    """Refuse HTML nested deeper than ``limit`` elements (parsers recurse through the tree).
+
+    >>> check_html_depth("<div>" * 600, "deep.html")
+    Traceback (most recent call last):
+    keel.errors.DocumentTooComplex: deep.html: HTML nested deeper than 512 elements
+    >>> check_html_depth("<p>fine</p><br><img src=x>", "ok.html")
+    """
+    from html.parser import HTMLParser
+
+    void = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+    class Depth(HTMLParser):
+        depth = 0
+
+        def handle_starttag(self, tag, attrs):
+            if tag not in void:
+                self.depth += 1
+                if self.depth > limit:
+                    raise DocumentTooComplex(f"{name}: HTML nested deeper than {limit} elements")
+
+        def handle_endtag(self, tag):
+            if tag not in void:
+                self.depth = max(0, self.depth - 1)
+
+    parser = Depth()
+    parser.feed(text)
+    parser.close()

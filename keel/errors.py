@@ -86,6 +86,15 @@ class DocumentTooLarge(BadDocument):
     pass
 
 
+class DocumentTooComplex(BadDocument):
+    """A document whose structure no real document has (HTML nested thousands of levels deep):
+    refused before a parser would recurse through it."""
+
+
+class EncryptedDocument(BadDocument):
+    """A password-protected file (an encrypted PDF): Keel cannot read it without the password."""
+
+
 class MissingTenant(KeelError):
     """An index read or write without a tenant: every read is inside one tenant.
 

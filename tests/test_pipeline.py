@@ -272,3 +272,49 @@ async def test_ingest_reads_nothing_outside_the_paths_it_was_given(keel: KeelEnv
     # Nothing of a refused file was read: its bytes are nowhere in the blob store.
     stored = [p.read_bytes() for p in keel.settings.blob_dir.rglob("*") if p.is_file()]
     assert not any(b"SECRET-TOKEN-4417" in b or b"root:x:0:0" in b for b in stored)
+
+
+def _worker_memory(keel: KeelEnv) -> tuple[int, int]:
+    """(pid, current RSS in bytes) of the worker that partitions; its peak is reset to now."""
+    [worker] = [p for p in keel.stack.running() if p.role == "worker"]
+    Path(f"/proc/{worker.pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
+    return worker.pid, _status_kb(worker.pid, "VmRSS") * 1024
+
+
+def _status_kb(pid: int, field: str) -> int:
+    line = next(li for li in Path(f"/proc/{pid}/status").read_text().splitlines() if li.startswith(field + ":"))
+    return int(line.split()[1])
+
+
+async def test_hostile_files_fail_typed_within_a_memory_bound(keel: KeelEnv, tmp_path):
+    import zipfile
+
+    from pypdf import PdfWriter
+
+    (tmp_path / "good.md").write_text("# Buoys\n\nThe red buoy marks the east edge of the channel.")
+    with zipfile.ZipFile(tmp_path / "bomb.docx", "w", zipfile.ZIP_DEFLATED) as z:  # ~1 MB holding 1 GB
+        with z.open("word/document.xml", "w", force_zip64=True) as member:
+            for _ in range(1000):
+                member.write(b" " * 1_000_000)
+    (tmp_path / "deep.html").write_text("<html><body>" + "<div>" * 100_000 + "deep" + "</div>" * 100_000)
+    writer = PdfWriter()
+    writer.add_blank_page(200, 200)
+    writer.encrypt("secret")
+    with open(tmp_path / "locked.pdf", "wb") as f:
+        writer.write(f)
+    with open(tmp_path / "huge.txt", "wb") as f:  # 200 MB, over max_document_bytes
+        for _ in range(200):
+            f.write(b"lighthouse log line\n" * 50_000)
+    assert (tmp_path / "bomb.docx").stat().st_size < 5_000_000
+
+    pid, idle = _worker_memory(keel)
+    summary = await keel.ingest([tmp_path], tenant="hostile")
+    peak = _status_kb(pid, "VmHWM") * 1024
+
+    reasons = {Path(f.path).name: f.error_type for f in summary.failures}
+    assert summary.indexed == 1, summary
+    assert reasons == {
+        "bomb.docx": "DocumentTooLarge", "deep.html": "DocumentTooComplex",
+        "locked.pdf": "EncryptedDocument", "huge.txt": "DocumentTooLarge",
+    }
+    assert peak - idle < 1_000_000_000, f"the worker grew by {(peak - idle) / 1e6:.0f} MB"
