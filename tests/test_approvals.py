@@ -88,19 +88,6 @@ async def until(predicate, what: str, timeout: float = 20) -> None:
         await asyncio.sleep(0.1)
 
 
-async def until_serving(address: str, timeout: float = 60) -> None:
-    """The dev server's port opens before its frontend serves ("Frontend is not healthy yet")."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        try:
-            await Client.connect(address)
-            return
-        except RuntimeError:
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-            await asyncio.sleep(0.2)
-
-
 async def update_events(handle) -> list[EventType.ValueType]:
     return [e.event_type async for e in handle.fetch_history_events() if e.event_type in (UPDATE_ACCEPTED, UPDATE_COMPLETED)]
 
@@ -118,8 +105,7 @@ async def test_a_pending_approval_survives_worker_and_server_restarts(tmp_path):
     workflow_id = f"refund-restart-{uuid.uuid4().hex[:6]}"
     tenant = f"t{uuid.uuid4().hex[:6]}"
     server = DevServer(data_dir=tmp_path / "temporal")  # a persistent SQLite file, same port on restart
-    server.start()
-    await until_serving(server.address)
+    server.start()  # returns once the frontend serves
     try:
         async with env_on(server.address, tmp_path / "keel", queue) as env:
             handle = await start_refund(
@@ -143,7 +129,6 @@ async def test_a_pending_approval_survives_worker_and_server_restarts(tmp_path):
         host, _, port = server.address.rpartition(":")
         assert not port_open(host, int(port))
         server.start()
-        await until_serving(server.address)
 
         async with env_on(server.address, tmp_path / "keel", queue) as env:
             handle = env.client.get_workflow_handle_for(RefundApproval.run, workflow_id)

@@ -1,14 +1,12 @@
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
 import subprocess
 
 import pytest
-from temporalio.client import Client
 
-from keel.stack import temporal_binary, wait_for_port
+from keel.stack import temporal_binary, wait_for_port, wait_until_serving
 from workflows import ACTIVITIES, WORKFLOWS
 
 # keel_dev_server (a real Temporal dev server for the session), keel_fake_llm (an
@@ -57,21 +55,8 @@ async def time_skipping_server():
     try:
         address = f"127.0.0.1:{port}"
         wait_for_port("127.0.0.1", port, "Temporal dev server (time skipping)", 60, proc)
-        await _until_healthy(address)
+        wait_until_serving(address, 60)  # the port opens before the frontend serves
         yield address
     finally:
         proc.terminate()
         proc.wait(30)
-
-
-async def _until_healthy(address: str, timeout: float = 60) -> None:
-    """The port opens before the frontend serves ("Frontend is not healthy yet"): wait for it."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        try:
-            await Client.connect(address)
-            return
-        except RuntimeError:
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-            await asyncio.sleep(0.2)
