@@ -155,3 +155,17 @@ async def test_killing_the_worker_mid_agent_runs_every_side_effect_once(tmp_path
     assert [c.arguments for c in result.tool_calls] == [json.dumps({"order": str(i), "amount": 1.0}) for i in range(n)]
     orders = [row[1] for row in effects(log)]
     assert sorted(orders, key=int) == [str(i) for i in range(n)]  # each refund exactly once
+
+
+def test_bound_tool_parameters_come_from_the_run_not_the_model():
+    from keel.agents import ToolCall, tool
+    from keel.agents.tools import parse_arguments
+
+    @tool
+    def notes(query: str, tenant: str, idempotency_key: str) -> str:
+        """Search the tenant's notes."""
+        return f"{tenant}:{query}"
+
+    assert set(notes.keel_tool.parameters["properties"]) == {"query"}
+    call = ToolCall("c1", "notes", json.dumps({"query": "tides", "tenant": "other"}), tenant="acme", idempotency_key="k1")
+    assert parse_arguments(notes.keel_tool_impl, call) == {"query": "tides", "tenant": "acme", "idempotency_key": "k1"}

@@ -35,6 +35,8 @@ from temporalio.exceptions import ApplicationError
 PREVIEW_CHARS = 200
 INVALID_ARGUMENTS = "InvalidToolArguments"
 IDEMPOTENCY_KEY = "idempotency_key"  # a tool parameter of this name gets the call's key, not the model's
+TENANT = "tenant"  # ... and one of this name the run's tenant: a model never picks whose data a tool sees
+BOUND = (IDEMPOTENCY_KEY, TENANT)
 
 
 @dataclass
@@ -134,7 +136,7 @@ def result_text(value: Any) -> str:
 class _ToolFn:
     fn: Callable[..., Any]
     arguments: type[BaseModel]
-    wants_key: bool
+    bound: list[str]  # of BOUND: filled from the call, not by the model
 
 
 def tool(
@@ -149,8 +151,9 @@ def tool(
     """Make a plain function (sync or async) an agent tool: an activity named ``keel.tool.<name>``.
 
     Its parameters (type-annotated) become the JSON schema the model sees; the docstring's
-    first paragraph its description. A parameter named ``idempotency_key`` is not shown to the
-    model: it receives the call's key, stable across retries (use it to do a side effect once).
+    first paragraph its description. Two parameter names are Keel's, not the model's (not in
+    the schema): ``idempotency_key`` receives the call's key, stable across retries (use it to do
+    a side effect once), and ``tenant`` the run's tenant (a tool reads that tenant's data only).
 
     >>> from keel.agents import tool
     >>> @tool
@@ -173,7 +176,7 @@ def tool(
     sig = inspect.signature(fn)
     fields: dict[str, Any] = {}
     for p in sig.parameters.values():
-        if p.name == IDEMPOTENCY_KEY:
+        if p.name in BOUND:
             continue
         annotation = p.annotation if p.annotation is not inspect.Parameter.empty else Any
         fields[p.name] = (annotation, ... if p.default is inspect.Parameter.empty else p.default)
@@ -188,7 +191,7 @@ def tool(
         start_to_close_seconds=start_to_close.total_seconds(),
         max_attempts=max_attempts,
     )
-    impl = _ToolFn(fn, arguments, IDEMPOTENCY_KEY in sig.parameters)
+    impl = _ToolFn(fn, arguments, [name for name in BOUND if name in sig.parameters])
 
     async def run_tool(call: ToolCall) -> ToolResult:
         return await call_tool(impl, call)
@@ -210,8 +213,8 @@ def parse_arguments(impl: _ToolFn, call: ToolCall) -> dict[str, Any]:
     except (ValueError, ValidationError) as e:
         raise ApplicationError(f"invalid arguments for {call.name}: {e}", type=INVALID_ARGUMENTS, non_retryable=True) from None
     kwargs = {k: getattr(args, k) for k in impl.arguments.model_fields}
-    if impl.wants_key:
-        kwargs[IDEMPOTENCY_KEY] = call.idempotency_key
+    values = {IDEMPOTENCY_KEY: call.idempotency_key, TENANT: call.tenant}
+    kwargs.update({name: values[name] for name in impl.bound})
     return kwargs
 
 
