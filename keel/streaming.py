@@ -16,9 +16,6 @@ from dataclasses import dataclass
 
 from keel.llm.types import STREAM_TOPIC, StreamEvent
 
-_FIELD = re.compile(r'"answer"\s*:\s*"')
-
-
 def json_string_prefix(text: str, field: str = "answer") -> str:
     """The decoded part of a JSON string field written so far (the reply is JSON; a reader wants
     the answer's words, not its braces).
@@ -30,7 +27,7 @@ def json_string_prefix(text: str, field: str = "answer") -> str:
     >>> json_string_prefix('{"citations": [')
     ''
     """
-    m = re.search(rf'"{re.escape(field)}"\s*:\s*"', text) if field != "answer" else _FIELD.search(text)
+    m = re.search(rf'"{re.escape(field)}"\s*:\s*"', text)
     if m is None:
         return ""
     i, out = m.end(), []

@@ -22,9 +22,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.worker import Replayer
 
 from keel import DecisionRejected, KeelPlugin, KeelSettings
-from keel.activities.approvals import APPROVAL_ACTIVITIES
 from keel.approvals import decide, query_pending
-from keel.plugin import keel_activities
 from keel.search_attributes import KEEL_APPROVAL, KEEL_TENANT
 from keel.stack import port_open, settings_env
 from keel.testing import DevServer, KeelTestEnv
@@ -38,16 +36,9 @@ UPDATE_COMPLETED = EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED
 RUN_TIMEOUT = timedelta(minutes=2)  # a broken workflow task retries forever: fail instead
 
 
-def activities() -> list:
-    # The plugin registers keel.approval_notify once keel_activities() lists it; until then the
-    # worker does.
-    registered = {getattr(a, "__temporal_activity_definition").name for a in keel_activities()}
-    return ACTIVITIES + [a for a in APPROVAL_ACTIVITIES if "keel.approval_notify" not in registered]
-
-
 def env_on(address: str, data_dir: Path, task_queue: str | None = None) -> KeelTestEnv:
     return KeelTestEnv(
-        WORKFLOWS, activities(), address=address, fake_llm=False, task_queue=task_queue, data_dir=data_dir
+        WORKFLOWS, ACTIVITIES, address=address, fake_llm=False, task_queue=task_queue, data_dir=data_dir
     )
 
 

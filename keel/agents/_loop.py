@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -13,9 +12,16 @@ from temporalio import workflow
 
 from keel.agents.tools import ToolCall, ToolResult, call_tool, spec_of
 from keel.agents.types import AgentInput, AgentLimits, AgentOutput, AgentResult, AgentStop, ToolCallRecord
-from keel.errors import LLM_BACKOFF, LLMError
-from keel.llm._complete import _messages, output_schema, repair_messages, total_cost, total_usage, validate_reply
-from keel.llm.types import AttemptOutcome, Message, ProviderAttempt, Usage
+from keel.llm._complete import (
+    _messages,
+    output_schema,
+    repair_messages,
+    request_in_process,
+    total_cost,
+    total_usage,
+    validate_reply,
+)
+from keel.llm.types import AttemptOutcome, Message, ProviderAttempt
 
 T = TypeVar("T", bound=BaseModel)
 _COUNTER = "_keel_agents_started"
@@ -114,7 +120,6 @@ def _settle(result: AgentResult, out: AgentOutput, output: type, validate) -> bo
 
 async def _in_process(inp: AgentInput, output: type, validate, impls: dict[str, Any]) -> AgentResult:
     from keel.activities._runtime import runtime
-    from keel.activities.llm import attempt_record
 
     settings = runtime().settings
     limits = inp.limits
@@ -141,28 +146,15 @@ async def _in_process(inp: AgentInput, output: type, validate, impls: dict[str, 
         completion, reasons = None, []
         for provider in settings.provider_chain:
             call = len({a.call for a in attempts}) + 1
-            for attempt in range(1, provider.max_attempts + 1):
-                try:
-                    completion = await provider.client().complete(
-                        messages, json_schema=inp.schema, max_tokens=limits.max_tokens or settings.llm_max_tokens, tools=tools
-                    )
-                    break
-                except LLMError as e:
-                    attempts.append(attempt_record(provider, e, call=call, attempt=attempt))
-                    if not e.retryable or attempt == provider.max_attempts:
-                        reasons.append(f"{provider.name}: {type(e).__name__}: {e.message}")
-                        break
-                    await asyncio.sleep(e.retry_after or LLM_BACKOFF.delay(attempt, random.random()))
+            completion, failure = await request_in_process(
+                provider, messages, attempts, call=call, schema=inp.schema,
+                max_tokens=limits.max_tokens or settings.llm_max_tokens, tools=tools,
+            )
             if completion is not None:
-                usage = Usage(completion.prompt_tokens, completion.completion_tokens)
-                attempts.append(
-                    ProviderAttempt(
-                        provider.name, completion.model, AttemptOutcome.ANSWERED, usage=usage,
-                        cost_usd=provider.cost_usd(usage.prompt_tokens, usage.completion_tokens), call=call, attempt=attempt,
-                    )
-                )
+                attempts[-1].outcome = AttemptOutcome.ANSWERED
                 result.model, result.provider = completion.model, provider.name
                 break
+            reasons.append(f"{provider.name}: {type(failure).__name__}: {failure.message}")
         if completion is None:
             return finish(AgentStop.LLM_FAILED, "; ".join(reasons))
         result.turns += 1

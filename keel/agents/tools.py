@@ -22,6 +22,7 @@ import asyncio
 import functools
 import inspect
 import json
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -174,11 +175,12 @@ def tool(
         )
     tool_name = name or fn.__name__
     sig = inspect.signature(fn)
+    hints = typing.get_type_hints(fn, include_extras=True)  # string annotations resolved in fn's module
     fields: dict[str, Any] = {}
     for p in sig.parameters.values():
         if p.name in BOUND:
             continue
-        annotation = p.annotation if p.annotation is not inspect.Parameter.empty else Any
+        annotation = hints.get(p.name, Any)
         fields[p.name] = (annotation, ... if p.default is inspect.Parameter.empty else p.default)
     arguments = create_model(f"{tool_name}_arguments", **fields)
     doc = inspect.getdoc(fn) or ""

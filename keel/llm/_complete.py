@@ -397,7 +397,6 @@ class _Call:
 
     async def in_process(self) -> LLMResult:
         from keel.activities._runtime import runtime
-        from keel.activities.llm import attempt_record
 
         settings = runtime().settings
         result = self.result
@@ -412,36 +411,15 @@ class _Call:
                     break
                 request += 1
                 messages = [{"role": m.role, "content": m.content} for m in self.messages + repair]
-                completion, failure = None, None
-                for attempt in range(1, provider.max_attempts + 1):
-                    try:
-                        completion = await provider.client().complete(
-                            messages, json_schema=self.schema, max_tokens=self.max_tokens or settings.llm_max_tokens
-                        )
-                        break
-                    except LLMError as e:
-                        failure = e
-                        attempts.append(attempt_record(provider, e, call=request, attempt=attempt))
-                        too_long = e.retry_after is not None and e.retry_after > provider.max_retry_after_seconds
-                        if not e.retryable or too_long or attempt == provider.max_attempts:
-                            break
-                        await asyncio.sleep(e.retry_after or LLM_BACKOFF.delay(attempt, random.random()))
+                completion, failure = await request_in_process(
+                    provider, messages, attempts, call=request, schema=self.schema,
+                    max_tokens=self.max_tokens or settings.llm_max_tokens,
+                )
                 if completion is None:
                     reason = f"LLM failed: {type(failure).__name__}: {failure.message}"
                     break
-                usage = Usage(completion.prompt_tokens, completion.completion_tokens)
                 value, errors = validate_reply(self.output, completion.content, self.validate)
-                attempts.append(
-                    ProviderAttempt(
-                        provider=provider.name,
-                        model=completion.model,
-                        outcome=AttemptOutcome.INVALID if errors else AttemptOutcome.ANSWERED,
-                        usage=usage,
-                        cost_usd=provider.cost_usd(usage.prompt_tokens, usage.completion_tokens),
-                        call=request,
-                        attempt=len([a for a in attempts if a.call == request]) + 1,
-                    )
-                )
+                attempts[-1].outcome = AttemptOutcome.INVALID if errors else AttemptOutcome.ANSWERED
                 result.model = completion.model
                 if not errors:
                     result.ok, result.value, result.provider, result.errors = True, value, provider.name, []
@@ -484,6 +462,38 @@ async def request(ledger: RunLedger, provider: ProviderPlan, inp: RequestInput, 
         raise
     ledger.record(reply.record)
     return reply
+
+
+async def request_in_process(
+    provider, messages: list[dict[str, Any]], attempts: list[ProviderAttempt], *, call: int, schema: dict[str, Any] | None,
+    max_tokens: int, tools: list[dict[str, Any]] | None = None,
+):
+    """One request outside a workflow, retried as ``keel.llm_request``'s policy would (backoff,
+    ``Retry-After``, no retry of 4xx): ``(completion, None)`` or ``(None, the last error)``.
+    Every attempt is appended to ``attempts`` (a reply as ``REPLIED``, for the caller to judge)."""
+    from keel.activities.llm import attempt_record
+
+    failure: LLMError | None = None
+    for attempt in range(1, provider.max_attempts + 1):
+        try:
+            completion = await provider.client().complete(messages, json_schema=schema, max_tokens=max_tokens, tools=tools)
+        except LLMError as e:
+            failure = e
+            attempts.append(attempt_record(provider, e, call=call, attempt=attempt))
+            too_long = e.retry_after is not None and e.retry_after > provider.max_retry_after_seconds
+            if not e.retryable or too_long or attempt == provider.max_attempts:
+                break
+            await asyncio.sleep(e.retry_after or LLM_BACKOFF.delay(attempt, random.random()))
+            continue
+        usage = Usage(completion.prompt_tokens, completion.completion_tokens)
+        attempts.append(
+            ProviderAttempt(
+                provider=provider.name, model=completion.model, outcome=AttemptOutcome.REPLIED, usage=usage,
+                cost_usd=provider.cost_usd(usage.prompt_tokens, usage.completion_tokens), call=call, attempt=attempt,
+            )
+        )
+        return completion, None
+    return None, failure
 
 
 def run_usage() -> tuple[Usage, float, list[ProviderAttempt]]:

@@ -23,15 +23,16 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Annotated
 
-from pydantic import BaseModel, Field, ValidationError
-from temporalio import activity, workflow
-from temporalio.exceptions import ApplicationError
+from pydantic import BaseModel, Field
+from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from keel import ChunkSpec, Filters, steps
-    from keel.agents import AgentLimits, ToolCall, ToolCallRecord, ToolResult, ToolSpec, run_agent
-    from keel.agents.tools import PREVIEW_CHARS, store_result
+    from keel.agents import AgentLimits, ToolCallRecord, run_agent, tool
+    from keel.agents.tools import PREVIEW_CHARS
 
 NOTES_TAG = "notes"
 # Notes are short: small chunks keep one fact per chunk, so a citation points at that fact.
@@ -87,25 +88,6 @@ class IndexNotes:
 # --- the search_notes tool -------------------------------------------------------------------
 
 
-class SearchArgs(BaseModel):
-    """What the model may pass: a query, nothing else (the tenant is the run's)."""
-
-    query: str = Field(min_length=1, max_length=500, description="what to look for: a few keywords or a short question")
-
-
-SEARCH_NOTES = ToolSpec(
-    name="search_notes",
-    description=(
-        "Hybrid (semantic + keyword) search of the research notes. Returns the best matching "
-        "chunks, one per line as '[<chunk id>] <text>'. Cite chunks by these ids."
-    ),
-    parameters=SearchArgs.model_json_schema(),
-    activity="research.search_notes",
-    start_to_close_seconds=60,
-    max_attempts=3,
-)
-
-
 def render(chunk_ids: list[str], texts: list[str]) -> str:
     """The tool's result text: the header line of ids, then one line per hit."""
     header = f"{HEADER} {' '.join(chunk_ids) or NONE_FOUND}"
@@ -113,18 +95,23 @@ def render(chunk_ids: list[str], texts: list[str]) -> str:
     return "\n".join([header, *lines] if lines else [header, "No relevant notes for this query."])
 
 
-@activity.defn(name=SEARCH_NOTES.activity)
-async def search_notes(call: ToolCall) -> ToolResult:
-    """One ``search_notes`` call of an agent: a hybrid search of ``call.tenant``'s notes, run
-    in-process on this worker (the owner of the embedded index). Reads only: safe to retry."""
-    try:
-        args = SearchArgs.model_validate_json(call.arguments or "{}")
-    except ValidationError as e:
-        # The tool contract's non-retryable error: the model is told and may call again.
-        raise ApplicationError(f"invalid arguments for {call.name}: {e}", type="InvalidToolArguments", non_retryable=True) from None
-    found = await steps.hybrid_search(call.tenant, args.query, top_k=TOP_K, filters=Filters(tags=[NOTES_TAG]))
+@tool(start_to_close=timedelta(seconds=60))
+async def search_notes(
+    query: Annotated[str, Field(min_length=1, max_length=500, description="what to look for: a few keywords or a short question")],
+    tenant: str,
+) -> str:
+    """Hybrid (semantic + keyword) search of the research notes. Returns the best matching
+    chunks, one per line as '[<chunk id>] <text>'. Cite chunks by these ids.
+
+    ``tenant`` is the run's (Keel binds it; the model writes only the query). Runs in-process on
+    this worker, the owner of the embedded index. Reads only: safe to retry.
+    """
+    found = await steps.hybrid_search(tenant, query, top_k=TOP_K, filters=Filters(tags=[NOTES_TAG]))
     hits = found.hits if found.relevant else []
-    return store_result(call, render([h.chunk_id for h in hits], [h.text for h in hits]))
+    return render([h.chunk_id for h in hits], [h.text for h in hits])
+
+
+SEARCH_NOTES = search_notes.keel_tool
 
 
 # --- Research ----------------------------------------------------------------------------------
