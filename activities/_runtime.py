@@ -19,8 +19,11 @@ from keel.types import EmbeddingSpec
 
 class Runtime:
     def __init__(self, settings: KeelSettings) -> None:
+        from keel._codec import Keys
+
         self.settings = settings
-        self.blobs = BlobStore(settings.blob_dir)
+        self.keys = Keys.from_settings(settings, create_master=True) if settings.encryption else None
+        self.blobs = BlobStore(settings.blob_dir, self.keys)
         self.client = None  # the worker's Temporal client (KeelPlugin sets it): local activities use it
         self._lock = threading.Lock()
         self._built: dict[str, Any] = {}

@@ -54,6 +54,7 @@ from keel.errors import (  # noqa: E402
     LLMError,
     MissingTenant,
     PathNotAllowed,
+    PermissionDenied,
 )
 from keel.llm import LLMCache, LLMResult, Message, ProviderConfig, RunBudget, complete  # noqa: E402
 from keel.options import StepOptions  # noqa: E402
@@ -107,6 +108,7 @@ __all__ = [
     "MissingTenant",
     "PIIPolicy",
     "PathNotAllowed",
+    "PermissionDenied",
     "ProviderConfig",
     "RetrievalSettings",
     "RunBudget",

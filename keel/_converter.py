@@ -59,6 +59,21 @@ class KeelPayloadConverter(CompositePayloadConverter):
             )
         )
 
+    def from_payloads(self, payloads, type_hints=None):
+        # The codec (keel._codec) marks what it refused, and which tenant's key opened the rest:
+        # a refusal, or a value naming another tenant, is raised as PermissionDenied here, where
+        # the SDK fails the run (or drops the signal, refuses the query) instead of retrying.
+        from keel._codec import DENIED, check_payload_tenant
+        from keel.errors import PermissionDenied
+
+        for p in payloads:
+            if p.metadata.get("encoding") == DENIED:
+                raise PermissionDenied(p.data.decode())
+        values = super().from_payloads(payloads, type_hints)
+        for p, v in zip(payloads, values):
+            check_payload_tenant(p, v)
+        return values
+
 
 def is_default(converter: DataConverter | None) -> bool:
     return converter is None or converter.payload_converter_class in (

@@ -111,6 +111,21 @@ class KeelSettings(BaseSettings):
 
     embedding_model: str = "all-MiniLM-L6-v2"
 
+    # Security (README "Keys, the codec server and erasure"). Payloads, blobs, index text and
+    # the answer cache are sealed with per-tenant keys (keel/keys.py).
+    encryption: bool = True
+    accept_plaintext_payloads: bool = False  # read runs started before encryption was on
+    master_key_file: Path | None = None  # default <data_dir>/master.key (or KEEL_MASTER_KEY)
+    key_store_dir: Path | None = None  # wrapped tenant keys; default <data_dir>/keys
+    keyring: Path | None = None  # this caller's credentials (KEEL_KEYRING); default <data_dir>/keyring.json
+    # Processes holding the master key create a tenant's key on its first use; set False in
+    # production, where `keel tenant create` is how a tenant comes to exist.
+    auto_create_tenants: bool = True
+    # Raw documents and pre-scrub elements: deleted once the document is indexed, or kept.
+    raw_retention: Literal["delete", "keep"] = "delete"
+    codec_port: int = 8234  # the codec server `keel up` starts for the Web UI
+    codec_tokens_file: Path | None = None  # bearer tokens -> role and tenants; default <data_dir>/codec-tokens.json
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -182,6 +197,22 @@ class KeelSettings(BaseSettings):
     @property
     def embedded_index(self) -> bool:
         return self.qdrant_url is None
+
+    @property
+    def master_key_path(self) -> Path:
+        return self.master_key_file or self.data_dir / "master.key"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.key_store_dir or self.data_dir / "keys"
+
+    @property
+    def keyring_path(self) -> Path:
+        return self.keyring or self.data_dir / "keyring.json"
+
+    @property
+    def codec_tokens_path(self) -> Path:
+        return self.codec_tokens_file or self.data_dir / "codec-tokens.json"
 
     @property
     def blob_dir(self) -> Path:

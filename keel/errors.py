@@ -149,6 +149,21 @@ class PathNotAllowed(KeelError):
     retryable = False
 
 
+class PermissionDenied(KeelError):
+    """The caller may not act for this tenant: it holds no credential for it, or a payload was
+    not authenticated by the key of the tenant it names (see ``keel.keys``). Raised by the
+    client before anything is sent, or by the worker before any step runs.
+
+    >>> from pathlib import Path
+    >>> from keel.keys import Keyring
+    >>> Keyring(Path("/nonexistent/keyring.json")).payload_key("acme")
+    Traceback (most recent call last):
+    keel.errors.PermissionDenied: this caller holds no credential for tenant 'acme' (keyring /nonexistent/keyring.json)
+    """
+
+    retryable = False
+
+
 class BudgetExceeded(KeelError):
     """The tenant's period budget is spent and no ``budget_fallback`` provider is configured.
 

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from temporalio.converter import DataConverter
 from temporalio.plugin import SimplePlugin
-from temporalio.worker import Worker, WorkerConfig
+from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor, Worker, WorkerConfig
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from keel import _deployment
@@ -55,18 +55,47 @@ def keel_workflows() -> list[type]:
     return list(ALL_WORKFLOWS)
 
 
-def _data_converter(existing: DataConverter | None) -> DataConverter:
-    # Keep a payload converter the user chose; replace only the default (or plain pydantic) one,
-    # keeping any codec.
-    if is_default(existing):
-        return dataclasses.replace(keel_data_converter, payload_codec=existing.payload_codec if existing else None)
-    return existing
+def _data_converter(settings: KeelSettings):
+    def configure(existing: DataConverter | None) -> DataConverter:
+        # Keep a payload converter the user chose; replace only the default (or plain pydantic)
+        # one. Keel's codec seals payloads per tenant (keel._codec); a codec of the user's own
+        # is kept when encryption is off.
+        codec = existing.payload_codec if existing else None
+        if settings.encryption:
+            from keel._codec import KeelCodec, Keys
+
+            codec = KeelCodec(Keys.from_settings(settings), accept_plaintext=settings.accept_plaintext_payloads)
+        if is_default(existing):
+            return dataclasses.replace(keel_data_converter, payload_codec=codec)
+        return dataclasses.replace(existing, payload_codec=codec)
+
+    return configure
 
 
 def _workflow_runner(existing):
     if isinstance(existing, SandboxedWorkflowRunner):
         return dataclasses.replace(existing, restrictions=existing.restrictions.with_passthrough_modules(*PASSTHROUGH_MODULES))
     return existing
+
+
+class _TenantScope(Interceptor):
+    """Runs each activity in its run's tenant scope: what it sends (signals, blobs) without
+    naming a tenant is sealed for that tenant."""
+
+    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
+        return _TenantScopeActivity(next)
+
+
+class _TenantScopeActivity(ActivityInboundInterceptor):
+    async def execute_activity(self, input: ExecuteActivityInput):
+        from temporalio import activity
+
+        from keel._codec import run_tenants, tenant_scope
+
+        named = getattr(input.args[0], "tenant", None) if input.args else None
+        tenant = named if isinstance(named, str) and named else run_tenants.get(activity.info().workflow_id)
+        with tenant_scope(tenant):
+            return await self.next.execute_activity(input)
 
 
 class KeelPlugin(SimplePlugin):
@@ -107,7 +136,8 @@ class KeelPlugin(SimplePlugin):
         self._executor: ThreadPoolExecutor | None = None
         super().__init__(
             "keel.KeelPlugin",
-            data_converter=_data_converter,
+            data_converter=_data_converter(self.settings),
+            interceptors=[_TenantScope()],
             activities=keel_activities(),
             workflows=keel_workflows(),
             workflow_runner=_workflow_runner,
@@ -140,6 +170,8 @@ class KeelPlugin(SimplePlugin):
 
         runtime = configure(self.settings)
         runtime.client = worker.client
+        if runtime.keys is not None:
+            runtime.keys.store  # a fresh deployment's worker makes the master key
         try:
             async with contextlib.AsyncExitStack() as stack:
                 for extra in self._extra_workers(worker):
