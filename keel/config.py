@@ -124,7 +124,9 @@ class KeelSettings(BaseSettings):
     # Raw documents and pre-scrub elements: deleted once the document is indexed, or kept.
     raw_retention: Literal["delete", "keep"] = "delete"
     codec_port: int = 8234  # the codec server `keel up` starts for the Web UI
+    codec_start_local: bool = True  # `keel up` starts it (with encryption on) and wires the dev server's UI to it
     codec_tokens_file: Path | None = None  # bearer tokens -> role and tenants; default <data_dir>/codec-tokens.json
+    codec_cors_origins: list[str] = []  # Web UIs that may call the codec server; default the ui_url's origin
 
     @classmethod
     def settings_customise_sources(

@@ -288,3 +288,52 @@ class Keyring:
             if found:
                 _write_private(self.path, json.dumps(doc, indent=1))
             return found
+
+
+_SEALED = b"KS1"
+
+
+def seal(keys, tenant: str, purpose: str, data: bytes) -> bytes:
+    """``data`` sealed (AES-256-GCM) under the tenant's newest key for ``purpose``; the tenant and
+    purpose are authenticated, the key version travels in the header. ``keys`` is a
+    ``keel._codec.Keys`` holding the key store (workers, administrators).
+
+    >>> import tempfile
+    >>> from keel._codec import Keys
+    >>> d = Path(tempfile.mkdtemp())
+    >>> keys = Keys(keys_dir=d / "k", master_key_file=d / "m", keyring=d / "r", auto_create=True, create_master=True)
+    >>> sealed = seal(keys, "acme", "index", b"Jane Roe")
+    >>> b"Jane" in sealed, unseal(keys, "acme", "index", sealed)
+    (False, b'Jane Roe')
+    """
+    key = keys.tenant_key(tenant, create=True)
+    nonce = secrets.token_bytes(12)
+    aad = f"keel-{purpose}|{tenant}".encode()
+    return _SEALED + key.version.to_bytes(4, "big") + nonce + AESGCM(key.key(purpose)).encrypt(nonce, data, aad)
+
+
+def unseal(keys, tenant: str, purpose: str, sealed: bytes) -> bytes:
+    """The data :func:`seal` sealed; ``PermissionDenied`` if the tenant's key is gone."""
+    if not sealed.startswith(_SEALED):
+        raise PermissionDenied(f"not sealed data (tenant {tenant!r}, {purpose})")
+    version = int.from_bytes(sealed[3:7], "big")
+    key = keys.tenant_key(tenant, version)
+    return AESGCM(key.key(purpose)).decrypt(sealed[7:19], sealed[19:], f"keel-{purpose}|{tenant}".encode())
+
+
+def seal_text(keys, tenant: str, purpose: str, text: str) -> str:
+    """:func:`seal` for text fields (base64), e.g. a chunk's text in an index payload."""
+    return base64.b64encode(seal(keys, tenant, purpose, text.encode())).decode()
+
+
+def unseal_text(keys, tenant: str, purpose: str, sealed: str) -> str:
+    return unseal(keys, tenant, purpose, base64.b64decode(sealed)).decode()
+
+
+def lookup_key(keys, tenant: str, purpose: str, text: str) -> str:
+    """A keyed hash of ``text`` for exact lookups (a cache key) that reveals nothing of it;
+    stable across key rotation (it uses the tenant's first key version)."""
+    import hashlib
+    import hmac
+
+    return hmac.new(keys.tenant_key(tenant, 1, create=True).key(purpose), text.encode(), hashlib.sha256).hexdigest()

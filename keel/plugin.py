@@ -134,10 +134,11 @@ class KeelPlugin(SimplePlugin):
         self.max_concurrent_activities = max_concurrent_activities
         self._extra_queues: set[str] = set()
         self._executor: ThreadPoolExecutor | None = None
+        self._tenant_scope = _TenantScope()
         super().__init__(
             "keel.KeelPlugin",
             data_converter=_data_converter(self.settings),
-            interceptors=[_TenantScope()],
+            interceptors=[self._tenant_scope],
             activities=keel_activities(),
             workflows=keel_workflows(),
             workflow_runner=_workflow_runner,
@@ -155,7 +156,9 @@ class KeelPlugin(SimplePlugin):
 
     def configure_worker(self, config: WorkerConfig) -> WorkerConfig:
         if config.get("task_queue") in self._extra_queues:
-            return config  # one of the plugin's own extra workers, configured below
+            # One of the plugin's own extra workers, configured below; it needs the tenant scope.
+            config["interceptors"] = [*config.get("interceptors", []), self._tenant_scope]
+            return config
         config = super().configure_worker(config)
         _deployment.register(config["task_queue"], self.deployment)
         if config.get("activity_executor") is None:

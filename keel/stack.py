@@ -29,7 +29,7 @@ DEV_SERVER_DYNAMIC_CONFIG = ["--dynamic-config-value", "history.transferProcesso
 
 @dataclass
 class Process:
-    role: str  # "temporal" | "llm" | "worker"
+    role: str  # "temporal" | "llm" | "codec" | "worker"
     pid: int
     cmd: list[str]
     log: str
@@ -144,8 +144,10 @@ class Stack:
         return [Process(**p) for p in json.loads(self.state_file.read_text())]
 
     def _save(self, processes: list[Process]) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.state_file.write_text(json.dumps([asdict(p) for p in processes], indent=2))
+        from keel.keys import _write_private
+
+        # Private: the dev server's command line holds the UI's codec token.
+        _write_private(self.state_file, json.dumps([asdict(p) for p in processes], indent=2))
 
     @staticmethod
     def alive(p: Process) -> bool:
@@ -169,10 +171,93 @@ class Stack:
             )
         return Process(role=role, pid=proc.pid, cmd=cmd, log=str(log)), proc
 
+    # --- codec server (README "Keys, the codec server and erasure") ----------------------
+
+    @property
+    def ui_token_file(self) -> Path:
+        return self.data_dir / "codec-ui-token"
+
+    def ui_codec_token(self) -> str:
+        """The token the dev server's UI decodes with: an auditor for every tenant, made on the
+        first ``up`` and kept (mode 0600) so a restarted UI keeps working."""
+        from keel.codec_server import TokenTable, add_token, revoke_token
+        from keel.keys import _write_private
+
+        if self.ui_token_file.exists():
+            token = self.ui_token_file.read_text().strip()
+            if TokenTable(self.settings.codec_tokens_path).find(token) is not None:
+                return token
+        revoke_token(self.settings, "ui")  # a stale or lost "ui" token
+        token = add_token(self.settings, "ui", "auditor", ["*"])
+        _write_private(self.ui_token_file, token)
+        return token
+
+    def ui_codec_endpoint(self) -> str:
+        """The dev server UI's codec endpoint: the token travels in the path because that UI
+        cannot send a header (a single machine only; production uses a bearer header)."""
+        return f"http://127.0.0.1:{self.settings.codec_port}/t/{self.ui_codec_token()}"
+
+    def codec_url(self) -> str | None:
+        """The codec server ``up`` started, if it is running (without the UI's token)."""
+        if any(p.role == "codec" for p in self.running()):
+            return f"http://127.0.0.1:{self.settings.codec_port}"
+        return None
+
+    def status(self) -> dict:
+        """What ``keel status --json`` reports."""
+        return {
+            "processes": [asdict(p) for p in self.running()],
+            "ui_url": self.settings.ui_url,
+            "codec_url": self.codec_url(),
+        }
+
+    @property
+    def starts_codec_server(self) -> bool:
+        return self.settings.encryption and self.settings.codec_start_local
+
+    def dev_server_cmd(self, host: str, port: str) -> list[str]:
+        """The dev server's command line; its UI decodes through the codec server ``up`` starts."""
+        s = self.settings
+        cmd = [
+            temporal_binary(), "server", "start-dev",
+            "--db-filename", str(self.data_dir / "temporal.db"),
+            "--ip", host, "--port", port, "--ui-port", str(s.temporal_ui_port),
+            "--log-level", "warn",
+            # The history service hands tasks to matching at most 20 times a second by
+            # default: up to 50 ms per activity and per workflow task on an idle dev server
+            # (measured: ~50 ms per regular activity, ~100 ms on another task queue; with
+            # this, ~20 and ~30). A cluster sets it in its dynamic config (infra/).
+            *DEV_SERVER_DYNAMIC_CONFIG,
+            # WAL without an fsync per commit: the dev server's SQLite otherwise adds 20-30 ms
+            # to every step that writes history. A process crash loses nothing.
+            "--sqlite-pragma", "journal_mode=WAL", "--sqlite-pragma", "synchronous=NORMAL",
+        ]
+        if self.starts_codec_server:
+            cmd += ["--ui-codec-endpoint", self.ui_codec_endpoint()]
+        for name, kind in SEARCH_ATTRIBUTES.items():
+            cmd += ["--search-attribute", f"{name}={kind}"]
+        return cmd
+
+    def _start_codec_server(self, procs: list[Process], say) -> None:
+        port = self.settings.codec_port
+        if any(p.role == "codec" for p in procs) or port_open("127.0.0.1", port):
+            say(f"Codec server: using http://127.0.0.1:{port}")
+            return
+        cmd = [sys.executable, "-m", "keel.codec_server", "--host", "127.0.0.1", "--port", str(port)]
+        p, proc = self._spawn("codec", cmd, "codec-server")
+        procs.append(p)
+        self._save(procs)
+        say(f"Codec server: starting on http://127.0.0.1:{port} (tokens in {self.settings.codec_tokens_path})")
+        wait_for_port("127.0.0.1", port, "codec server", 30, proc, Path(p.log))
+
     # --- up / down -----------------------------------------------------------------------
 
     def up(self, workers: int = 1, *, apps: list[str] = (), say=print) -> list[Process]:
         s = self.settings
+        if s.encryption:  # the embedded default's master key, before any client or worker needs it
+            from keel._codec import Keys
+
+            Keys.from_settings(s, create_master=True).store
         procs = self.running()
         host, _, port = s.temporal_address.rpartition(":")
         if port_open(host, int(port)):
@@ -180,22 +265,7 @@ class Stack:
             if host in LOOPBACK:  # a dev server started before Keel had search attributes
                 register_search_attributes(s)
         elif host in LOOPBACK:
-            cmd = [
-                temporal_binary(), "server", "start-dev",
-                "--db-filename", str(self.data_dir / "temporal.db"),
-                "--ip", host, "--port", port, "--ui-port", str(s.temporal_ui_port),
-                "--log-level", "warn",
-                # The history service hands tasks to matching at most 20 times a second by
-                # default: up to 50 ms per activity and per workflow task on an idle dev server
-                # (measured: ~50 ms per regular activity, ~100 ms on another task queue; with
-                # this, ~20 and ~30). A cluster sets it in its dynamic config (infra/).
-                *DEV_SERVER_DYNAMIC_CONFIG,
-                # WAL without an fsync per commit: the dev server's SQLite otherwise adds 20-30 ms
-                # to every step that writes history. A process crash loses nothing.
-                "--sqlite-pragma", "journal_mode=WAL", "--sqlite-pragma", "synchronous=NORMAL",
-            ]
-            for name, kind in SEARCH_ATTRIBUTES.items():
-                cmd += ["--search-attribute", f"{name}={kind}"]
+            cmd = self.dev_server_cmd(host, port)
             p, proc = self._spawn("temporal", cmd, "temporal")
             procs.append(p)
             self._save(procs)
@@ -204,6 +274,11 @@ class Stack:
             wait_until_serving(s.temporal_address, 60)
         else:
             raise RuntimeError(f"Temporal at {s.temporal_address} is not reachable")
+        if self.starts_codec_server:
+            self._start_codec_server(procs, say)
+            ours = [p for p in procs if p.role == "temporal"]
+            if ours and self.ui_codec_endpoint() not in ours[0].cmd:
+                say("Web UI: started without this codec token; `keel down && keel up` to see decrypted payloads")
 
         local = s.local_llm_provider
         if local is not None:
@@ -245,7 +320,7 @@ class Stack:
     def down(self, *, say=print, timeout: float = 20) -> None:
         procs = self.running()
         # Workers first so they finish their current tasks against a live server.
-        for role in ("worker", "llm", "temporal"):
+        for role in ("worker", "codec", "llm", "temporal"):
             group = [p for p in procs if p.role == role]
             for p in group:
                 os.kill(p.pid, signal.SIGTERM)

@@ -38,6 +38,10 @@ engine multiplies in IDF over the live shard. Across shards the dense lists are 
 (globally comparable) and the keyword lists by BM25 score (IDF per shard: the big sealed shards'
 IDF is close to the global one, the active shard's is an estimate on a smaller sample), then fused
 with reciprocal rank fusion in Python with the engine's formula ``sum 1/(k + rank0)``.
+
+With ``keys`` (encryption on) payloads are sealed per tenant before they reach a shard (WAL and
+segments alike) and opened after retrieval; filter values and term ids are keyed hashes
+(:mod:`keel.retrieval.sealed`). Builds copy payloads as they are, so the child needs no key.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from typing import Any
 import numpy as np
 
 from keel.retrieval.keyword import bm25_query_vector
+from keel.retrieval.sealed import PointCodec, open_payload, point_codec
 from keel.retrieval.store import (
     DENSE,
     INTEGER_FIELDS,
@@ -112,10 +117,11 @@ def _match(key: str, value):
     return qe.FieldCondition(key=key, match=qe.MatchValue(value))
 
 
-def _conditions(filters: Filters | None) -> list:
+def _conditions(conditions: list[tuple]) -> list:
+    """Edge conditions for backend-neutral ones (``PointCodec.conditions``)."""
     qe = _qe()
     out = []
-    for kind, key, *args in (filters or Filters()).conditions():
+    for kind, key, *args in conditions:
         if kind == "match":
             out.append(_match(key, args[0]))
         elif kind == "any":
@@ -168,6 +174,8 @@ class EdgeChunkIndex:
         also bounds every shard's size, and with it the swap's stall: loading a built shard holds
         the GIL for ~15-20 us per point (50k points: under a second). Shards are never merged
         past it automatically, so 1M chunks are ~20 sealed shards, each query fans out to all.
+    :param keys: a ``keel._codec.Keys`` holding the key store: document text is stored sealed
+        per tenant. ``None`` (encryption off): stored in clear.
 
     ``search(..., filters=Filters(...))`` narrows the mandatory tenant filter by source,
     document, tags (any of) and a date range.
@@ -180,7 +188,9 @@ class EdgeChunkIndex:
         collection: str = "keel_chunks",
         dimensions: int = 384,
         seal_at_points: int = 50_000,
+        keys=None,
     ) -> None:
+        self.keys = keys
         self.root = Path(path) / collection
         self.shards_dir = self.root / "shards"
         self.shards_dir.mkdir(parents=True, exist_ok=True)
@@ -193,7 +203,8 @@ class EdgeChunkIndex:
         self._gate = threading.Lock()
         self._building: set[str] = set()  # sealed shards being rebuilt by a compaction
         self._serve = _RWLock()  # queries (shared) vs swapping the shard list (exclusive)
-        self._journal: list[tuple[str, str]] | None = None  # (tenant, document_id) deleted during a build
+        # (tenant, stored document id or None: the whole tenant) deleted during a build
+        self._journal: list[tuple[str, str | None]] | None = None
         # Build jobs (lists of sealed shard names; MERGE_ALL = every sealed shard), run one at a
         # time by the builder thread. Persisted in the manifest ("pending") across restarts.
         self._jobs: list[list[str]] = []
@@ -304,16 +315,19 @@ class EdgeChunkIndex:
         Returns (points upserted, stale points removed). Idempotent: a retry rewrites the same ids.
         """
         qe = _qe()
+        _require_tenant(tenant)
+        codec = point_codec(self.keys, tenant)
         records = chunk_records(
             tenant=tenant, document_id=document_id, source=source, content_hash=content_hash, chunks=chunks,
-            vectors=vectors, tags=tags, date=date,
+            vectors=vectors, tags=tags, date=date, codec=codec,
         )
         points = [
             qe.Point(r.id, {DENSE: r.vector, KEYWORD: qe.SparseVector(r.keyword.indices, r.keyword.values)}, r.payload)
             for r in records
         ]
-        document = [_match("tenant", tenant), _match("document_id", document_id)]
-        stale = qe.Filter(must=document, must_not=[_match("content_hash", content_hash)])
+        stored_id = codec.lookup("document_id", document_id)
+        document = [_match("tenant", tenant), _match("document_id", stored_id)]
+        stale = qe.Filter(must=document, must_not=[_match("content_hash", codec.lookup("content_hash", content_hash))])
         whole = qe.Filter(must=document)
         with self._writer():
             active = self.shards[self.active]
@@ -321,15 +335,16 @@ class EdgeChunkIndex:
                 active.update(qe.UpdateOperation.upsert_points(points[start : start + _UPSERT_BATCH]))
             removed = active.count(qe.CountRequest(exact=True, filter=stale))
             active.update(qe.UpdateOperation.delete_points_by_filter(stale))
-            removed += self._delete_from_sealed(whole, tenant, document_id, stale=stale)
+            removed += self._delete_from_sealed(whole, tenant, stored_id, stale=stale)
             if self.shards[self.active].info().points_count >= self.seal_at_points:
                 self._seal()
             self._start_builder()
         return len(points), removed
 
-    def _delete_from_sealed(self, selector, tenant: str, document_id: str, stale=None) -> int:
-        """Remove every copy of the document from the sealed shards. Returns how many points
-        were removed (only those matching ``stale``, when given: other versions)."""
+    def _delete_from_sealed(self, selector, tenant: str, document_id: str | None, stale=None) -> int:
+        """Remove every copy of the document (``document_id``: its stored form; ``None``: every
+        document of the tenant) from the sealed shards. Returns how many points were removed
+        (only those matching ``stale``, when given: other versions)."""
         qe = _qe()
         # The current version lives in the active shard; sealed shards must not keep any copy.
         # One count per sealed shard per write: the common case (a new document) stops there.
@@ -361,10 +376,24 @@ class EdgeChunkIndex:
     def delete_document(self, tenant: str, document_id: str) -> None:
         qe = _qe()
         _require_tenant(tenant)
-        whole = qe.Filter(must=[_match("tenant", tenant), _match("document_id", document_id)])
+        stored_id = point_codec(self.keys, tenant).lookup("document_id", document_id)
+        whole = qe.Filter(must=[_match("tenant", tenant), _match("document_id", stored_id)])
         with self._writer():
             self.shards[self.active].update(qe.UpdateOperation.delete_points_by_filter(whole))
-            self._delete_from_sealed(whole, tenant, document_id)
+            self._delete_from_sealed(whole, tenant, stored_id)
+
+    def delete_tenant(self, tenant: str) -> int:
+        """Delete every point of ``tenant`` (erasure) from every shard; how many there were.
+        Needs no key: the tenant is stored in clear, so a forgotten tenant's points can still be
+        found. A build running meanwhile replays the deletion on its copy before the swap."""
+        qe = _qe()
+        _require_tenant(tenant)
+        everything = qe.Filter(must=[_match("tenant", tenant)])
+        with self._writer():
+            active = self.shards[self.active]
+            found = active.count(qe.CountRequest(exact=True, filter=everything))
+            active.update(qe.UpdateOperation.delete_points_by_filter(everything))
+            return found + self._delete_from_sealed(everything, tenant, None)
 
     # --- reads -----------------------------------------------------------------------------
 
@@ -395,13 +424,15 @@ class EdgeChunkIndex:
     ) -> list[SearchHit]:
         """``tenant=None`` / ``query_vector=None`` / ``keyword=False`` exist for benchmarks only."""
         qe = _qe()
-        conditions = ([_match("tenant", tenant)] if tenant else []) + _conditions(filters)
+        # tenant=None (benchmarks): no tenant key to hash terms or filter values with; in clear.
+        codec = point_codec(self.keys, tenant) if tenant else PointCodec("")
+        conditions = ([_match("tenant", tenant)] if tenant else []) + _conditions(codec.conditions(filters))
         flt = qe.Filter(must=conditions) if conditions else None
         requests = []
         if query_vector is not None:
             vec = np.asarray(query_vector, dtype=np.float32)
             requests.append(qe.QueryRequest(limit=prefetch_k, query=qe.Query.Nearest(vec.tolist(), using=DENSE), filter=flt))
-        terms = bm25_query_vector(query) if keyword else None
+        terms = bm25_query_vector(query, term_ids=codec.term_id) if keyword else None
         if terms is not None and terms.indices:
             sparse = qe.SparseVector(terms.indices, terms.values)
             requests.append(qe.QueryRequest(limit=prefetch_k, query=qe.Query.Nearest(sparse, using=KEYWORD), filter=flt))
@@ -447,7 +478,7 @@ class EdgeChunkIndex:
             record = records.get(pid)
             if record is None:  # deleted between the query and the fetch
                 continue
-            p = record.payload
+            p = open_payload(self.keys, record.payload)
             cosine = 0.0
             if q is not None:
                 dense = np.asarray(record.vector[DENSE], dtype=np.float32)
@@ -461,10 +492,11 @@ class EdgeChunkIndex:
         _require_tenant(tenant)
         if not document_ids:
             return {}
+        codec = point_codec(self.keys, tenant)
         first_chunks = qe.Filter(
             must=[
                 _match("tenant", tenant),
-                qe.FieldCondition(key="document_id", match=qe.MatchAny(list(document_ids))),
+                qe.FieldCondition(key="document_id", match=qe.MatchAny([codec.lookup("document_id", d) for d in document_ids])),
                 _match("chunk_index", 0),
             ]
         )
@@ -475,7 +507,7 @@ class EdgeChunkIndex:
                 records, _ = shard.scroll(
                     qe.ScrollRequest(limit=len(document_ids), filter=first_chunks, with_payload=True)
                 )
-                found.update({r.payload["document_id"]: r.payload["content_hash"] for r in records})
+                payloads = [r.payload for r in records]
         finally:
             self._serve.release_read()
         return found

@@ -10,6 +10,11 @@ stemming so "proteins"/"protein" and "regulates"/"regulation" meet. On SciFact *
 lifts BM25 nDCG@10 from 0.663 to 0.698 (``bench/retrieval_quality.py``). Changing the tokenizer
 changes every term id: an index built with another tokenizer must be rebuilt.
 
+Term ids: :func:`term_id` (crc32) without encryption; with it, a keyed hash per tenant passed as
+``term_ids`` (:mod:`keel.retrieval.sealed`), since a crc32 id is one dictionary pass from its word
+(the engine's IDF then counts the tenant's own chunks). No vocabulary is kept anywhere: the
+index only ever sees ids.
+
 >>> tokenize("Proteins regulating the cells' regulation")
 ['protein', 'regul', 'cell', 'regul']
 >>> doc = bm25_document_vector("The lantern lights the lantern room")
@@ -23,6 +28,7 @@ import re
 import threading
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 K1 = 1.2
@@ -63,23 +69,24 @@ def term_id(term: str) -> int:
     return zlib.crc32(term.encode())
 
 
-def bm25_document_vector(text: str, *, avg_len: float = AVG_LEN) -> SparseTerms:
+def bm25_document_vector(text: str, *, avg_len: float = AVG_LEN, term_ids: Callable[[str], int] = term_id) -> SparseTerms:
     tokens = tokenize(text)
     norm = K1 * (1 - B + B * len(tokens) / avg_len)
-    counts = _by_id(Counter(tokens))
+    counts = _by_id(Counter(tokens), term_ids)
     return SparseTerms(
         indices=list(counts), values=[tf * (K1 + 1) / (tf + norm) for tf in counts.values()]
     )
 
 
-def bm25_query_vector(text: str) -> SparseTerms:
-    ids = _by_id(Counter(set(tokenize(text))))
+def bm25_query_vector(text: str, *, term_ids: Callable[[str], int] = term_id) -> SparseTerms:
+    ids = _by_id(Counter(set(tokenize(text))), term_ids)
     return SparseTerms(indices=list(ids), values=[1.0] * len(ids))
 
 
-def _by_id(counts: Counter[str]) -> dict[int, int]:
-    # Two terms can share a crc32; merge them rather than send a duplicate index.
+def _by_id(counts: Counter[str], term_ids: Callable[[str], int]) -> dict[int, int]:
+    # Two terms can share an id (32 bits); merge them rather than send a duplicate index.
     merged: dict[int, int] = {}
     for term, n in counts.items():
-        merged[term_id(term)] = merged.get(term_id(term), 0) + n
+        tid = term_ids(term)
+        merged[tid] = merged.get(tid, 0) + n
     return merged

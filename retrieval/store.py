@@ -4,6 +4,9 @@ Backends: an embedded store (``QdrantClient(path=...)``, one process only) or a 
 (``url=``); the code path is the same. Every query is filtered by tenant; a query without one is
 rejected. Point ids are derived from (tenant, document, content hash, chunk index), so an
 upsert retried after a crash writes the same points again instead of duplicating them.
+
+With ``keys`` (encryption on), a point's document text is sealed with its tenant's ``index`` key
+and its filter values and term ids are keyed hashes (:mod:`keel.retrieval.sealed`).
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import numpy as np
 from keel.errors import MissingTenant
 from keel.types import Filters, SearchHit, date_ts
 from keel.retrieval.keyword import SparseTerms, bm25_document_vector, bm25_query_vector
+from keel.retrieval.sealed import PointCodec, open_payload, point_codec
 
 DENSE = "dense"
 KEYWORD = "bm25"
@@ -32,11 +35,6 @@ RRF_K = 20
 # Payload indexes besides the tenant (both backends): what deletes, version checks and filters use.
 KEYWORD_FIELDS = ("document_id", "content_hash", "source", "tags")
 INTEGER_FIELDS = ("chunk_index", "date_ts")
-_NAMESPACE = uuid.UUID("6f1f6f5e-4b1c-4a36-9a55-6b8f6e0b2c11")
-
-
-def point_id(tenant: str, document_id: str, content_hash: str, chunk_index: int) -> str:
-    return str(uuid.uuid5(_NAMESPACE, f"{tenant}\x1f{document_id}\x1f{content_hash}\x1f{chunk_index}"))
 
 
 @dataclass
@@ -59,19 +57,23 @@ def chunk_records(
     vectors: np.ndarray,
     tags: list[str] | tuple[str, ...] = (),
     date: str | None = None,
+    codec: PointCodec | None = None,
 ) -> list[ChunkRecord]:
+    """The points of one document version; ``codec`` (the tenant's, default: in clear) decides
+    what of them is stored sealed or hashed."""
     _require_tenant(tenant)
     if len(chunks) != len(vectors):
         raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
+    codec = codec or PointCodec(tenant)
     metadata: dict = {"tags": sorted(set(tags))}
     if date:
         metadata.update(date=str(date)[:10], date_ts=date_ts(date))
     return [
         ChunkRecord(
-            id=point_id(tenant, document_id, content_hash, i),
+            id=codec.point_id(document_id, content_hash, i),
             vector=np.asarray(vector, dtype=np.float32).tolist(),
-            keyword=bm25_document_vector(chunk["text"]),
-            payload={
+            keyword=bm25_document_vector(chunk["text"], term_ids=codec.term_id),
+            payload=codec.store({
                 "tenant": tenant,
                 "document_id": document_id,
                 "source": source,
@@ -80,7 +82,7 @@ def chunk_records(
                 "section": chunk.get("section", ""),
                 "text": chunk["text"],
                 **metadata,
-            },
+            }),
         )
         for i, (chunk, vector) in enumerate(zip(chunks, vectors))
     ]
@@ -100,6 +102,8 @@ class ChunkIndex:
 
     :param path: folder of an embedded store (exclusive to this process).
     :param url: a Qdrant server; takes precedence over ``path``.
+    :param keys: a ``keel._codec.Keys`` holding the key store: document text is stored sealed
+        per tenant. ``None`` (encryption off): stored in clear.
     """
 
     def __init__(
@@ -110,9 +114,11 @@ class ChunkIndex:
         api_key: str | None = None,
         collection: str = "keel_chunks",
         dimensions: int = 384,
+        keys=None,
     ) -> None:
         from qdrant_client import QdrantClient
 
+        self.keys = keys
         self.is_local = not url
         if url:
             self.client = QdrantClient(url=url, api_key=api_key)
@@ -173,9 +179,11 @@ class ChunkIndex:
         """
         from qdrant_client import models
 
+        _require_tenant(tenant)
+        codec = point_codec(self.keys, tenant)
         records = chunk_records(
             tenant=tenant, document_id=document_id, source=source, content_hash=content_hash, chunks=chunks,
-            vectors=vectors, tags=tags, date=date,
+            vectors=vectors, tags=tags, date=date, codec=codec,
         )
         points = [
             models.PointStruct(id=r.id, vector={DENSE: r.vector, KEYWORD: _sparse(r.keyword)}, payload=r.payload)
@@ -185,8 +193,8 @@ class ChunkIndex:
             self.client.upsert(self.collection, points=points[start : start + 256], wait=True)
 
         stale = models.Filter(
-            must=[_match("tenant", tenant), _match("document_id", document_id)],
-            must_not=[_match("content_hash", content_hash)],
+            must=[_match("tenant", tenant), _match("document_id", codec.lookup("document_id", document_id))],
+            must_not=[_match("content_hash", codec.lookup("content_hash", content_hash))],
         )
         removed = self.client.count(self.collection, count_filter=stale, exact=True).count
         if removed:
@@ -198,10 +206,24 @@ class ChunkIndex:
         from qdrant_client import models
 
         _require_tenant(tenant)
+        stored_id = point_codec(self.keys, tenant).lookup("document_id", document_id)
         selector = models.FilterSelector(
-            filter=models.Filter(must=[_match("tenant", tenant), _match("document_id", document_id)])
+            filter=models.Filter(must=[_match("tenant", tenant), _match("document_id", stored_id)])
         )
         self.client.delete(self.collection, points_selector=selector, wait=True)
+
+    @_locked
+    def delete_tenant(self, tenant: str) -> int:
+        """Delete every point of ``tenant`` (erasure); how many there were. Needs no key: the
+        tenant is stored in clear, so a forgotten tenant's points can still be found."""
+        from qdrant_client import models
+
+        _require_tenant(tenant)
+        everything = models.Filter(must=[_match("tenant", tenant)])
+        found = self.client.count(self.collection, count_filter=everything, exact=True).count
+        if found:
+            self.client.delete(self.collection, points_selector=models.FilterSelector(filter=everything), wait=True)
+        return found
 
     # --- reads ---------------------------------------------------------------------------
 
@@ -221,9 +243,10 @@ class ChunkIndex:
         from qdrant_client import models
 
         _require_tenant(tenant)
-        tenant_filter = models.Filter(must=[_match("tenant", tenant)] + _client_conditions(filters))
+        codec = point_codec(self.keys, tenant)
+        tenant_filter = models.Filter(must=[_match("tenant", tenant)] + _client_conditions(codec.conditions(filters)))
         prefetch = [models.Prefetch(query=query_vector.tolist(), using=DENSE, limit=prefetch_k, filter=tenant_filter)]
-        keyword = bm25_query_vector(query)
+        keyword = bm25_query_vector(query, term_ids=codec.term_id)
         if keyword.indices:
             prefetch.append(models.Prefetch(query=_sparse(keyword), using=KEYWORD, limit=prefetch_k, filter=tenant_filter))
         response = self.client.query_points(
@@ -239,7 +262,7 @@ class ChunkIndex:
         for point in response.points:
             dense = np.asarray(point.vector[DENSE], dtype=np.float32)
             cosine = float(dense @ query_vector / (np.linalg.norm(dense) * np.linalg.norm(query_vector) or 1.0))
-            p = point.payload
+            p = open_payload(self.keys, point.payload)
             hits.append(SearchHit(str(point.id), p["document_id"], p["source"], p["text"], cosine, float(point.score)))
         return hits
 
@@ -251,17 +274,22 @@ class ChunkIndex:
         _require_tenant(tenant)
         if not document_ids:
             return {}
+        codec = point_codec(self.keys, tenant)
         first_chunks = models.Filter(
             must=[
                 _match("tenant", tenant),
-                models.FieldCondition(key="document_id", match=models.MatchAny(any=document_ids)),
+                models.FieldCondition(
+                    key="document_id", match=models.MatchAny(any=[codec.lookup("document_id", d) for d in document_ids])
+                ),
                 models.FieldCondition(key="chunk_index", match=models.MatchValue(value=0)),
             ]
         )
         points, _ = self.client.scroll(
-            self.collection, scroll_filter=first_chunks, limit=len(document_ids), with_payload=["document_id", "content_hash"]
+            self.collection, scroll_filter=first_chunks, limit=len(document_ids),
+            with_payload=["tenant", "document_id", "content_hash", "sealed"],
         )
-        return {p.payload["document_id"]: p.payload["content_hash"] for p in points}
+        opened = [open_payload(self.keys, p.payload) for p in points]
+        return {p["document_id"]: p["content_hash"] for p in opened}
 
     @_locked
     def stats(self, tenant: str) -> dict[str, int]:
@@ -281,11 +309,12 @@ def _require_tenant(tenant: str) -> None:
         raise MissingTenant("a tenant is required for every index read and write")
 
 
-def _client_conditions(filters: Filters | None) -> list:
+def _client_conditions(conditions: list[tuple]) -> list:
+    """Qdrant conditions for backend-neutral ones (``PointCodec.conditions``)."""
     from qdrant_client import models
 
     out = []
-    for kind, key, *args in (filters or Filters()).conditions():
+    for kind, key, *args in conditions:
         if kind == "match":
             out.append(_match(key, args[0]))
         elif kind == "any":

@@ -91,6 +91,7 @@ def _reset_fake_llm(request):
 
 
 async def start_env(tmp: Path, temporal_settings: KeelSettings, name: str, *, workers: int = 1, **settings) -> KeelEnv:
+    settings.setdefault("codec_start_local", False)  # tests/test_codec_server.py covers it
     s = KeelSettings(
         data_dir=tmp,
         temporal_address=temporal_settings.temporal_address,

@@ -39,6 +39,7 @@ class DevServer:
             temporal_address=f"127.0.0.1:{free_port()}",
             temporal_ui_port=free_port(),
             llm_start_local=False,
+            codec_start_local=False,  # no codec server (on a fixed port) for a test's dev server
         )
         self._stack = Stack(self.settings)
 
