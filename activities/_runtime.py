@@ -56,10 +56,12 @@ class Runtime:
         if s.qdrant_url is None and s.embedded_engine == "edge":
             from keel.retrieval.edge import EdgeChunkIndex
 
-            return EdgeChunkIndex(path=s.index_path, collection=s.collection)
+            return EdgeChunkIndex(path=s.index_path, collection=s.collection, keys=self.keys)
         from keel.retrieval.store import ChunkIndex
 
-        return ChunkIndex(path=s.index_path, url=s.qdrant_url, api_key=s.qdrant_api_key, collection=s.collection)
+        return ChunkIndex(
+            path=s.index_path, url=s.qdrant_url, api_key=s.qdrant_api_key, collection=s.collection, keys=self.keys
+        )
 
     def close(self) -> None:
         """Close what was opened (the embedded store flushes and releases its lock)."""

@@ -129,4 +129,27 @@ def index_stats(inp: IndexStatsInput) -> IndexStatsOutput:
     return IndexStatsOutput(**stats)
 
 
-INDEX_ACTIVITIES = [index_document, delete_document, hybrid_search, indexed_versions, index_stats]
+@dataclass
+class EraseTenantInput:
+    tenant: str
+
+
+@dataclass
+class ErasedData:
+    index_points: int = 0
+    blobs: int = 0
+    blob_bytes: int = 0
+    cache_entries: int = 0
+
+
+@activity.defn(name="keel.erase_tenant_data")
+def erase_tenant_data(inp: EraseTenantInput) -> ErasedData:
+    from keel.llm.cache import forget_tenant as forget_cache
+
+    rt = runtime()
+    points = rt.index.delete_tenant(inp.tenant)
+    blobs, size = rt.blobs.forget_tenant(inp.tenant)
+    return ErasedData(index_points=points, blobs=blobs, blob_bytes=size, cache_entries=forget_cache(rt.settings, inp.tenant))
+
+
+INDEX_ACTIVITIES = [index_document, delete_document, hybrid_search, indexed_versions, index_stats, erase_tenant_data]

@@ -299,7 +299,38 @@ def embed_chunks(inp: EmbedInput) -> Vectors:
     return Vectors(key=rt.blobs.put(buf.getvalue()), count=len(texts), dimensions=int(vectors.shape[1]), model=spec.model)
 
 
+@dataclass
+class UploadInput:
+    tenant: str
+    filename: str
+    data_b64: str  # sealed in the run's input, and nowhere else in history
+    tags: list[str] = field(default_factory=list)
+    date: str | None = None
+
+
+@activity.defn(name="keel.store_upload")
+def store_upload(inp: UploadInput) -> DocumentEntry:
+    """Put an uploaded document into the blob store; its entry, as a listed file would have."""
+    data = base64.b64decode(inp.data_b64)
+    path = f"upload:{inp.filename}"
+    entry = DocumentEntry(path, document_id(inp.tenant, path), runtime().blobs.put(data), len(data), list(inp.tags), inp.date)
+    entry.version = metadata_version(entry.content_hash, entry.tags, entry.date)
+    return entry
+
+
+@dataclass
+class DiscardInput:
+    keys: list[str]  # blobs of the run's tenant
+
+
+@activity.defn(name="keel.discard_blobs")
+def discard_blobs(inp: DiscardInput) -> int:
+    return runtime().blobs.delete(inp.keys)
+
+
 INGEST_ACTIVITIES = [
+    discard_blobs,
+    store_upload,
     list_documents,
     read_manifest_page,
     partition_document,

@@ -165,7 +165,10 @@ def answer_cache() -> AnswerCache:
     s = runtime().settings
     return runtime().once(
         "answer-cache",
-        lambda: AnswerCache(s.answer_cache_path, ttl_seconds=s.cache_ttl_seconds, semantic_threshold=s.semantic_cache_threshold or 1.0),
+        lambda: AnswerCache(
+            s.answer_cache_path, ttl_seconds=s.cache_ttl_seconds, semantic_threshold=s.semantic_cache_threshold or 1.0,
+            keys=runtime().keys,
+        ),
     )
 
 

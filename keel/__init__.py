@@ -75,6 +75,7 @@ from keel.types import (  # noqa: E402
     SearchResult,
     Vectors,
 )
+from keel.uploads import upload_document  # noqa: E402
 from keel.waits import EventResult, sleep, wait_for_event  # noqa: E402
 
 __all__ = [
@@ -125,5 +126,6 @@ __all__ = [
     "sleep",
     "steps",
     "tool",
+    "upload_document",
     "wait_for_event",
 ]

@@ -10,6 +10,10 @@
     keel approvals [--tenant T] [--json]                  pending human approvals
     keel approve RUN_ID [--comment TEXT] [--approval ID] [--as USER]
     keel reject RUN_ID --reason TEXT [--approval ID] [--as USER]
+    keel tenant create T | rotate T | list | credential T --out FILE
+    keel tenant forget T [--json]                         erase a tenant (crypto-shredding)
+    keel codec-token add NAME --role viewer|auditor --tenant T...   a token for the codec server
+    keel gc [--older-than-days N]                        delete blobs unused for N days
 """
 
 from __future__ import annotations
@@ -230,6 +234,50 @@ async def cmd_stats(args, settings: KeelSettings) -> int:
     return 0
 
 
+def cmd_tenant(args, settings: KeelSettings):
+    from keel import tenants
+
+    if args.action == "create":
+        created = tenants.create(settings, args.tenant)
+        print(f"tenant {args.tenant} {'created' if created else 'exists'}; credential in {settings.keyring_path}")
+    elif args.action == "rotate":
+        print(f"tenant {args.tenant}: key version {tenants.rotate(settings, args.tenant)}")
+    elif args.action == "list":
+        print("\n".join(tenants.tenants(settings)))
+    elif args.action == "credential":
+        if not args.out:
+            raise SystemExit("keel tenant credential: --out FILE is required")
+        print(f"credential for {args.tenant} written to {tenants.export_credential(settings, args.tenant, Path(args.out))}")
+    elif args.action == "forget":
+        return _forget(args, settings)
+    return 0
+
+
+async def _forget(args, settings: KeelSettings) -> int:
+    from keel import tenants
+
+    done = await tenants.forget(settings, await _client(settings), args.tenant)
+    if args.json:
+        print(done.to_json())
+        return 0
+    print(f"forgot tenant {done.tenant}:")
+    print(f"  runs terminated: {len(done.runs_terminated)}" + (f" ({', '.join(done.runs_terminated)})" if done.runs_terminated else ""))
+    print(f"  index points deleted: {done.index_points}")
+    print(f"  blobs deleted: {done.blobs} ({done.blob_bytes} bytes)")
+    print(f"  answer-cache entries deleted: {done.cache_entries}")
+    print(f"  budget state: {'deleted' if done.budget_state else 'none'}")
+    print(f"  key destroyed: {'yes: its Temporal histories are unreadable' if done.key_destroyed else 'no key (unknown tenant)'}")
+    return 0
+
+
+def cmd_gc(args, settings: KeelSettings) -> int:
+    from keel.blobs import BlobStore
+
+    n, size = BlobStore(settings.blob_dir).collect_garbage(args.older_than_days * 86400)
+    print(f"deleted {n} blobs ({size} bytes) unused for {args.older_than_days} days")
+    return 0
+
+
 def _default_user() -> str:
     return os.environ.get("USER") or "cli"
 
@@ -394,11 +442,24 @@ def build_parser() -> argparse.ArgumentParser:
     reject = decision_parser("reject", "reject a pending approval")
     reject.add_argument("--reason", required=True, metavar="TEXT", help="recorded with the decision (its comment)")
     reject.set_defaults(func=cmd_reject)
+
+    tenant = sub.add_parser("tenant", help="create, rotate, list or forget tenants (needs the master key)")
+    tenant.add_argument("action", choices=["create", "rotate", "list", "credential", "forget"])
+    tenant.add_argument("tenant", nargs="?", metavar="T")
+    tenant.add_argument("--out", metavar="FILE", help="credential: the keyring file to write")
+    tenant.add_argument("--json", action="store_true")
+    tenant.set_defaults(func=cmd_tenant)
+
+    gc = sub.add_parser("gc", help="delete blobs no run has used for a while")
+    gc.add_argument("--older-than-days", type=float, default=30.0, metavar="N")
+    gc.set_defaults(func=cmd_gc)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "tenant" and args.action != "list" and not args.tenant:
+        build_parser().error(f"keel tenant {args.action}: name the tenant")
     settings = KeelSettings()
     result = args.func(args, settings)
     if not asyncio.iscoroutine(result):

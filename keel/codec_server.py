@@ -44,6 +44,7 @@ from urllib.parse import urlparse
 
 from cryptography.exceptions import InvalidTag
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
@@ -151,21 +152,21 @@ class TokenTable:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._grants: dict[str, Grant] = {}
 
     def _load(self) -> dict[str, Grant]:
         try:
             st = self.path.stat()
-            stamp = (st.st_mtime_ns, st.st_size)
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         except FileNotFoundError:
             self._stamp, self._grants = None, {}
             return self._grants
         if stamp != self._stamp:
             grants = {}
             for r in _read_tokens(self.path):
-                if r.get("role") in ROLES and isinstance(r.get("sha256"), str):
-                    grants[r["sha256"]] = Grant(str(r.get("name", "?")), r["role"], tuple(r.get("tenants") or ()))
+                if r.get("role") in ROLES and isinstance(r.get("sha256"), str) and isinstance(r.get("tenants"), list):
+                    grants[r["sha256"]] = Grant(str(r.get("name", "?")), r["role"], tuple(map(str, r["tenants"])))
             self._grants, self._stamp = grants, stamp
         return self._grants
 
@@ -229,8 +230,8 @@ class CodecService:
                 continue
             try:
                 _, inner = self.codec.open(p)
-            except PermissionDenied as e:  # e.g. an erased tenant: shown as the UI would without us
-                log.info("left a payload of %s sealed: %s", tenant, e.message)
+            except (PermissionDenied, ValueError, DecodeError) as e:  # e.g. an erased tenant: left as is
+                log.info("left a payload of %s sealed: %s", tenant, getattr(e, "message", e))
                 out.append(p)
                 continue
             out.append(self.expand_references(inner, tenant, budget) if grant.role == "auditor" else inner)
@@ -300,11 +301,12 @@ class CodecService:
 
 
 def _bearer(request: Request) -> str | None:
-    """The request's token: the ``Authorization`` header, else the ``/t/TOKEN/`` path prefix."""
+    """The request's token: the ``Authorization`` header, else a path ending ``/t/TOKEN/decode``."""
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    return request.path_params.get("token")
+    segments = request.path_params.get("prefix", "").split("/")
+    return segments[-1] if len(segments) >= 2 and segments[-2] == "t" and segments[-1] else None
 
 
 async def _body(request: Request) -> bytes:
@@ -347,7 +349,8 @@ def _endpoint(service: CodecService, tokens: TokenTable, op: str) -> Callable:
         tenants = sorted({t for t in (sealed_tenant(p) for p in (payloads if op == "decode" else result)) if t})
         log.info("%s by %r (%s), namespace %r: %d payload(s) of %s", op, grant.name, grant.role, namespace,
                  len(payloads), ", ".join(tenants) or "no tenant")
-        return Response(json_format.MessageToJson(Payloads(payloads=result)), media_type="application/json")
+        text = json_format.MessageToJson(Payloads(payloads=result), indent=None) if result else '{"payloads": []}'
+        return Response(text, media_type="application/json")
 
     return handle
 
@@ -369,9 +372,10 @@ def create_app(settings: KeelSettings) -> Starlette:
     service = CodecService(settings)
     tokens = TokenTable(settings.codec_tokens_path)
     routes = []
-    for prefix in ("", "/t/{token}"):
-        for op in ("decode", "encode"):
-            routes.append(Route(f"{prefix}/{op}", _endpoint(service, tokens, op), methods=["POST"]))
+    for op in ("decode", "encode"):
+        # The protocol looks only at the path's last segment: a proxy may mount us anywhere.
+        for path in (f"/{op}", f"/{{prefix:path}}/{op}"):
+            routes.append(Route(path, _endpoint(service, tokens, op), methods=["POST"]))
     cors = Middleware(
         CORSMiddleware, allow_origins=cors_origins(settings), allow_methods=["POST"],
         allow_headers=_ALLOWED_HEADERS, allow_credentials=True, max_age=600,
@@ -388,7 +392,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = KeelSettings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except PermissionDenied as e:
+        raise SystemExit(f"keel.codec_server: {e.message}") from None
     # No access log: the embedded default's token is part of the path.
     uvicorn.run(app, host=args.host, port=args.port or settings.codec_port, access_log=False, log_level="info")
 

@@ -251,7 +251,9 @@ class KeelSettings(BaseSettings):
             documents_per_run=self.ingest_documents_per_run,
             tags=list(tags or []),
             date=date,
-            settings=IngestSettings(chunk=self.chunk_spec, pii=self.pii_policy, embedding=self.embedding_spec),
+            settings=IngestSettings(
+                chunk=self.chunk_spec, pii=self.pii_policy, embedding=self.embedding_spec, raw_retention=self.raw_retention
+            ),
         )
 
     def ask_input(self, tenant: str, question: str, *, filters=None):

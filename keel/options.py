@@ -87,6 +87,7 @@ STEP_DEFAULTS: dict[str, StepOptions] = {
     "scrub_document": dataclasses.replace(_regular, start_to_close_timeout=timedelta(minutes=10)),
     "scrub_pii": _local,
     "chunk": dataclasses.replace(_regular, start_to_close_timeout=timedelta(minutes=2)),
+    "discard": dataclasses.replace(_local, start_to_close_timeout=timedelta(minutes=1)),
     "read_chunks": _local,
     "embed": dataclasses.replace(_regular, start_to_close_timeout=timedelta(minutes=30)),
     "index_document": dataclasses.replace(_regular, start_to_close_timeout=timedelta(minutes=30), retry_policy=INDEX_RETRY),

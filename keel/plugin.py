@@ -25,7 +25,7 @@ import contextlib
 import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 
-from temporalio.converter import DataConverter
+from temporalio.converter import DataConverter, DefaultFailureConverter
 from temporalio.plugin import SimplePlugin
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor, Worker, WorkerConfig
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
@@ -55,19 +55,28 @@ def keel_workflows() -> list[type]:
     return list(ALL_WORKFLOWS)
 
 
+class EncodedFailureConverter(DefaultFailureConverter):
+    def __init__(self) -> None:
+        super().__init__(encode_common_attributes=True)
+
+
 def _data_converter(settings: KeelSettings):
     def configure(existing: DataConverter | None) -> DataConverter:
         # Keep a payload converter the user chose; replace only the default (or plain pydantic)
         # one. Keel's codec seals payloads per tenant (keel._codec); a codec of the user's own
         # is kept when encryption is off.
         codec = existing.payload_codec if existing else None
+        extra = {}
         if settings.encryption:
             from keel._codec import KeelCodec, Keys
 
             codec = KeelCodec(Keys.from_settings(settings), accept_plaintext=settings.accept_plaintext_payloads)
+            # Failure messages and stack traces can quote data (a path, a model's reply): they
+            # travel as an encoded payload too, sealed like the rest.
+            extra["failure_converter_class"] = EncodedFailureConverter
         if is_default(existing):
-            return dataclasses.replace(keel_data_converter, payload_codec=codec)
-        return dataclasses.replace(existing, payload_codec=codec)
+            return dataclasses.replace(keel_data_converter, payload_codec=codec, **extra)
+        return dataclasses.replace(existing, payload_codec=codec, **extra)
 
     return configure
 

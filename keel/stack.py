@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -204,9 +205,12 @@ class Stack:
         return None
 
     def status(self) -> dict:
-        """What ``keel status --json`` reports."""
+        """What ``keel status --json`` reports (the UI's codec token left out)."""
+        processes = [asdict(p) for p in self.running()]
+        for p in processes:
+            p["cmd"] = [re.sub(r"^(https?://.*/t/)[^/]+$", r"\1<token>", arg) for arg in p["cmd"]]
         return {
-            "processes": [asdict(p) for p in self.running()],
+            "processes": processes,
             "ui_url": self.settings.ui_url,
             "codec_url": self.codec_url(),
         }

@@ -55,6 +55,7 @@ R = TypeVar("R")
 __all__ = [
     "chunk",
     "delete_document",
+    "discard",
     "embed",
     "hybrid_search",
     "index_document",
@@ -194,6 +195,19 @@ async def index_document(
     """
     inp = _index.IndexDocumentInput(tenant, document_id, chunks, vectors, source, version, list(tags or []), date)
     return await _run("index_document", _index.index_document, inp, options, index=True)
+
+
+async def discard(keys: list[str], *, options: StepOptions | None = None) -> int:
+    """Delete blobs of this run's tenant that it no longer needs (a document's raw bytes and
+    pre-scrub elements once it is indexed); how many existed. Idempotent.
+
+    >>> import asyncio
+    >>> from keel import steps
+    >>> elements = asyncio.run(steps.partition(b"Call Jane on 555-0100.", filename="note.txt"))
+    >>> asyncio.run(steps.discard([elements.key])), asyncio.run(steps.discard([elements.key]))
+    (1, 0)
+    """
+    return await _run("discard", _ingest.discard_blobs, _ingest.DiscardInput(list(keys)), options)
 
 
 async def delete_document(tenant: str, document_id: str, *, options: StepOptions | None = None) -> None:

@@ -500,17 +500,18 @@ class EdgeChunkIndex:
                 _match("chunk_index", 0),
             ]
         )
-        found: dict[str, str] = {}
+        payloads = []
         self._serve.acquire_read()
         try:
             for shard in self.shards.values():
                 records, _ = shard.scroll(
                     qe.ScrollRequest(limit=len(document_ids), filter=first_chunks, with_payload=True)
                 )
-                payloads = [r.payload for r in records]
+                payloads += [r.payload for r in records]
         finally:
             self._serve.release_read()
-        return found
+        opened = [open_payload(self.keys, p) for p in payloads]  # after the lock: a swap never waits on decryption
+        return {p["document_id"]: p["content_hash"] for p in opened}
 
     def stats(self, tenant: str) -> dict[str, int]:
         qe = _qe()
@@ -636,7 +637,8 @@ class EdgeChunkIndex:
             qe = _qe()
             with self._maintenance():
                 for tenant, document_id in self._journal or []:
-                    flt = qe.Filter(must=[_match("tenant", tenant), _match("document_id", document_id)])
+                    document = [_match("document_id", document_id)] if document_id is not None else []
+                    flt = qe.Filter(must=[_match("tenant", tenant), *document])
                     built.update(qe.UpdateOperation.delete_points_by_filter(flt))
                 timing["journal_replayed"] = len(self._journal or [])
                 self._journal = None

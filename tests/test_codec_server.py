@@ -109,6 +109,8 @@ def test_refuses_another_tenants_payloads_and_decodes_nothing(codec):
     assert "payloads" not in response.json()
     for text in (SECRET, "Globex merger", base64.b64encode(SECRET.encode()).decode()[:24]):
         assert text not in response.text
+    forged = Payload(metadata={"encoding": b"binary/keel-encrypted", "keel-key": b"../acme:1"}, data=bytes(40))
+    assert codec.post("/decode", forged, token="admin").status_code == 400
     # The deployment key's payloads belong to no tenant: only "*" reads them.
     codec.codec.keys.require_store().create(DEPLOYMENT)
     deployment = codec.sealed(DEPLOYMENT, {"breaker": "open"})
@@ -163,6 +165,8 @@ def test_token_in_the_path_and_revocation(codec):
     token = add_token(codec.settings, "short-lived", "viewer", ["acme"])
     assert codec.post(f"/t/{token}/decode", sealed).status_code == 200
     assert codec.post("/t/not-a-token/decode", sealed).status_code == 401
+    assert codec.post("/mounted/deeper/decode", sealed, token="acme-viewer").status_code == 200  # any prefix
+    assert codec.post(f"/mounted/t/{token}/decode", sealed).status_code == 200
     assert [t["name"] for t in list_tokens(codec.settings)][-1] == "short-lived"
     assert revoke_token(codec.settings, "short-lived")
     assert codec.post(f"/t/{token}/decode", sealed).status_code == 401  # at once, no restart

@@ -3,19 +3,22 @@
 the entity workflows hold the state the provider chain shares across runs."""
 
 from keel.workflows.agent import KeelAgent
+from keel.workflows.erase import EraseTenant
 from keel.workflows.answer import AnswerQuestion, AskInput, AskResult
 from keel.workflows.ingest import IngestCorpus, IngestCorpusInput, IngestDocument, IngestSettings, IngestSummary
 from keel.workflows.provider_health import ProviderHealth
 from keel.workflows.stats import IndexStats, IndexStatsInput
 from keel.workflows.tenant_budget import TenantBudget
+from keel.workflows.upload import IngestUpload, IngestUploadInput
 
-ALL_WORKFLOWS = [IngestCorpus, IngestDocument, AnswerQuestion, IndexStats, ProviderHealth, TenantBudget, KeelAgent]
+ALL_WORKFLOWS = [IngestCorpus, IngestDocument, AnswerQuestion, IndexStats, ProviderHealth, TenantBudget, KeelAgent, EraseTenant, IngestUpload]
 
 __all__ = [
     "ALL_WORKFLOWS",
     "AnswerQuestion",
     "AskInput",
     "AskResult",
+    "EraseTenant",
     "IndexStats",
     "IndexStatsInput",
     "IngestCorpus",
@@ -23,6 +26,8 @@ __all__ = [
     "IngestDocument",
     "IngestSettings",
     "IngestSummary",
+    "IngestUpload",
+    "IngestUploadInput",
     "KeelAgent",
     "ProviderHealth",
     "TenantBudget",

@@ -29,6 +29,8 @@ class IngestSettings:
     chunk: ChunkSpec | None = None
     pii: PIIPolicy | None = None
     embedding: EmbeddingSpec | None = None
+    # "delete": a document's raw bytes and pre-scrub elements are deleted once it is indexed.
+    raw_retention: str = "delete"
 
 
 @dataclass
@@ -111,6 +113,9 @@ class IngestDocument:
                 inp.tenant, doc.document_id, chunks, vectors,
                 source=doc.path, version=doc.indexed_version, tags=doc.tags, date=doc.date,
             )
+            # Personal data the scrubber saw is kept only as long as it is needed.
+            if s.raw_retention == "delete" and workflow.patched("keel-discard-raw"):
+                await steps.discard([doc.content_hash, elements.key])
         except ActivityError as e:
             # Fail this document with the step's own typed reason, readable in the UI.
             error_type, message = failure_reason(e)

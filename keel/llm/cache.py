@@ -10,8 +10,15 @@
 
 The tenant is part of every key and every query: there is no lookup across tenants.
 
+At rest, with ``keys`` (encryption on): the question, answer, provider, chunk ids and run id
+of an entry are sealed together with the tenant's ``cache`` key, and the exact key is a keyed
+hash (HMAC under that key) instead of a plain hash, which would confirm a guessed question.
+The tenant, model, prompt version, times and the question's embedding (what the lookups
+select on) stay in clear. Deleted rows are zeroed (``secure_delete``, also without keys) and
+:meth:`AnswerCache.forget_tenant` also empties the WAL, so erasure leaves no copy in the files.
+
 SQLite in WAL mode serves every worker process of one host; several hosts need the file on
-storage they share, or another store with the same five methods.
+storage they share, or another store with the same methods.
 
 >>> import tempfile, pathlib
 >>> cache = AnswerCache(pathlib.Path(tempfile.mkdtemp()) / "c.sqlite3", ttl_seconds=60)
@@ -33,25 +40,25 @@ from pathlib import Path
 
 import numpy as np
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS answers (
-    key TEXT PRIMARY KEY,
-    tenant TEXT NOT NULL,
-    prompt_version TEXT NOT NULL,
-    model TEXT NOT NULL,
-    provider TEXT NOT NULL,
-    question TEXT NOT NULL,
-    chunk_ids TEXT NOT NULL,
-    answer TEXT NOT NULL,
-    cited_chunk_ids TEXT NOT NULL,
-    workflow_id TEXT NOT NULL,
-    embedding BLOB,
-    created REAL NOT NULL,
-    expires REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS answers_scope ON answers (tenant, prompt_version, model, expires);
-CREATE INDEX IF NOT EXISTS answers_expires ON answers (expires);
-"""
+from keel.keys import lookup_key, seal_text, unseal_text
+
+PURPOSE = "cache"
+# body: the entry's text (see _BODY_FIELDS) as JSON, sealed (base64) when there are keys.
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS answers (
+        key TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        prompt_version TEXT NOT NULL,
+        model TEXT NOT NULL,
+        body TEXT NOT NULL,
+        embedding BLOB,
+        created REAL NOT NULL,
+        expires REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS answers_scope ON answers (tenant, prompt_version, model, expires)",
+    "CREATE INDEX IF NOT EXISTS answers_expires ON answers (expires)",
+]
+_BODY_FIELDS = ("provider", "question", "chunk_ids", "answer", "cited_chunk_ids", "workflow_id")
 
 
 @dataclass
@@ -68,8 +75,11 @@ class CachedAnswer:
     embedding: np.ndarray | None = field(default=None, repr=False)
 
 
-def exact_key(tenant: str, model: str, prompt_version: str, question: str, chunk_ids: list[str]) -> str:
-    return hashlib.sha256(json.dumps([tenant, model, prompt_version, question, chunk_ids]).encode()).hexdigest()
+def exact_key(tenant: str, model: str, prompt_version: str, question: str, chunk_ids: list[str], keys=None) -> str:
+    """The entry's primary key; keyed by the tenant's ``cache`` key when there are ``keys``."""
+    if keys is None:
+        return hashlib.sha256(json.dumps([tenant, model, prompt_version, question, chunk_ids]).encode()).hexdigest()
+    return lookup_key(keys, tenant, PURPOSE, json.dumps([model, prompt_version, question, chunk_ids]))
 
 
 class AnswerCache:
@@ -78,59 +88,68 @@ class AnswerCache:
     :param ttl_seconds: how long an answer may be served.
     :param semantic_threshold: cosine similarity a semantic hit needs.
     :param semantic_candidates: the newest entries of a tenant compared per semantic lookup.
+    :param keys: a ``keel._codec.Keys`` holding the key store: entries are sealed per tenant.
+        ``None`` (encryption off): stored in clear.
     """
 
     def __init__(
-        self, path: Path, ttl_seconds: float, semantic_threshold: float = 0.95, semantic_candidates: int = 5000
+        self,
+        path: Path,
+        ttl_seconds: float,
+        semantic_threshold: float = 0.95,
+        semantic_candidates: int = 5000,
+        keys=None,
     ) -> None:
         self.path = Path(path)
         self.ttl_seconds = ttl_seconds
         self.semantic_threshold = semantic_threshold
         self.semantic_candidates = semantic_candidates
+        self.keys = keys
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with closing(self._connect()) as db:
             db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
+            _migrate(db)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30)
         db.row_factory = sqlite3.Row
+        db.execute("PRAGMA secure_delete=ON")  # a deleted entry's bytes are zeroed, not left in free pages
         return db
+
+    def _body(self, entry: CachedAnswer) -> str:
+        text = json.dumps({f: getattr(entry, f) for f in _BODY_FIELDS}, ensure_ascii=False)
+        return text if self.keys is None else seal_text(self.keys, entry.tenant, PURPOSE, text)
+
+    def _entry(self, row: sqlite3.Row) -> CachedAnswer:
+        body = row["body"]
+        if self.keys is not None:
+            body = unseal_text(self.keys, row["tenant"], PURPOSE, body)
+        return CachedAnswer(
+            tenant=row["tenant"], prompt_version=row["prompt_version"], model=row["model"], **json.loads(body)
+        )
 
     def store(self, entry: CachedAnswer, *, now: float) -> None:
         embedding = None if entry.embedding is None else np.asarray(entry.embedding, dtype=np.float32).tobytes()
+        key = exact_key(entry.tenant, entry.model, entry.prompt_version, entry.question, entry.chunk_ids, self.keys)
+        body = self._body(entry)
         with closing(self._connect()) as db, db:
             db.execute("DELETE FROM answers WHERE expires <= ?", (now,))
             db.execute(
-                "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    exact_key(entry.tenant, entry.model, entry.prompt_version, entry.question, entry.chunk_ids),
-                    entry.tenant,
-                    entry.prompt_version,
-                    entry.model,
-                    entry.provider,
-                    entry.question,
-                    json.dumps(entry.chunk_ids),
-                    entry.answer,
-                    json.dumps(entry.cited_chunk_ids),
-                    entry.workflow_id,
-                    embedding,
-                    now,
-                    now + self.ttl_seconds,
-                ),
+                "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (key, entry.tenant, entry.prompt_version, entry.model, body, embedding, now, now + self.ttl_seconds),
             )
 
     def lookup_exact(
         self, tenant: str, prompt_version: str, question: str, chunk_ids: list[str], models: list[str], *, now: float
     ) -> CachedAnswer | None:
-        keys = [exact_key(tenant, m, prompt_version, question, chunk_ids) for m in models]
+        candidates = [exact_key(tenant, m, prompt_version, question, chunk_ids, self.keys) for m in models]
         with closing(self._connect()) as db:
-            for key in keys:  # in chain order: the first provider's model first
+            for key in candidates:  # in chain order: the first provider's model first
                 row = db.execute(
                     "SELECT * FROM answers WHERE key = ? AND tenant = ? AND expires > ?", (key, tenant, now)
                 ).fetchone()
                 if row is not None:
-                    return _entry(row)
+                    return self._entry(row)
         return None
 
     def lookup_semantic(
@@ -143,27 +162,37 @@ class AnswerCache:
                 "AND expires > ? AND embedding IS NOT NULL ORDER BY created DESC LIMIT ?",
                 (tenant, prompt_version, *models, now, self.semantic_candidates),
             ).fetchall()
-        retrieved = set(chunk_ids)
-        rows = [r for r in rows if set(json.loads(r["cited_chunk_ids"])) <= retrieved]
         if not rows:
             return None
         matrix = np.stack([np.frombuffer(r["embedding"], dtype=np.float32) for r in rows])
         similarities = matrix @ np.asarray(embedding, dtype=np.float32)
-        best = int(np.argmax(similarities))
-        if similarities[best] < self.semantic_threshold:
-            return None
-        return _entry(rows[best]), float(similarities[best])
+        # The cited ids are sealed: open only the entries similar enough, most similar first (a
+        # stable sort: among equals the newest, as before), and serve the first whose cited
+        # chunks were all retrieved again.
+        retrieved = set(chunk_ids)
+        for i in np.argsort(-similarities, kind="stable"):
+            if similarities[i] < self.semantic_threshold:
+                break
+            entry = self._entry(rows[i])
+            if set(entry.cited_chunk_ids) <= retrieved:
+                return entry, float(similarities[i])
+        return None
+
+    def forget_tenant(self, tenant: str) -> int:
+        """Delete every entry of ``tenant`` (erasure); how many there were. Needs no key."""
+        with closing(self._connect()) as db:
+            with db:
+                removed = db.execute("DELETE FROM answers WHERE tenant = ?", (tenant,)).rowcount
+            # Old page images stay in the WAL until a checkpoint resets it.
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return removed
 
 
-def _entry(row: sqlite3.Row) -> CachedAnswer:
-    return CachedAnswer(
-        tenant=row["tenant"],
-        prompt_version=row["prompt_version"],
-        model=row["model"],
-        provider=row["provider"],
-        question=row["question"],
-        chunk_ids=json.loads(row["chunk_ids"]),
-        answer=row["answer"],
-        cited_chunk_ids=json.loads(row["cited_chunk_ids"]),
-        workflow_id=row["workflow_id"],
-    )
+def _migrate(db: sqlite3.Connection) -> None:
+    """Create the table; drop one from before sealed bodies (its columns held the question and
+    answer in clear; a cache may always start empty)."""
+    columns = {r["name"] for r in db.execute("PRAGMA table_info(answers)")}
+    if columns and "body" not in columns:
+        db.execute("DROP TABLE IF EXISTS answers")  # another process may have just done it
+    for statement in _SCHEMA:
+        db.execute(statement)
