@@ -132,13 +132,14 @@ class Keys:
     def tenant_key(self, tenant: str, version: int | None = None, *, create: bool = False):
         """A tenant's data key from the key store (creating the tenant if allowed)."""
         store = self.require_store()
-        if create and self.auto_create and not store.exists(tenant):
+        # The deployment key is the workers' own: always made where the key store is.
+        if create and (self.auto_create or tenant == DEPLOYMENT) and not store.exists(tenant):
             store.create(tenant)
         return store.key(tenant, version)
 
     def payload_key(self, tenant: str, version: int | None = None, *, create: bool = False) -> tuple[int, bytes]:
         if self.store is not None:
-            key = self.tenant_key(tenant, version, create=create and tenant != DEPLOYMENT)
+            key = self.tenant_key(tenant, version, create=create)
             return key.version, key.key("payload")
         return self.keyring.payload_key(tenant, version)
 

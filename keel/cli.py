@@ -2,7 +2,7 @@
 
     keel up [--workers N] [--app MODULE]...   start Temporal dev server, local LLM and N workers
                                               (that also run MODULE's workflows and activities)
-    keel down | keel status
+    keel down | keel status [--json]
     keel ingest PATH... --tenant T [--tag TAG]... [--date YYYY-MM-DD] [--no-wait] [--json]
     keel ask "QUESTION" --tenant T [--source PATH] [--tag TAG]... [--since D] [--until D] [--json]
              [--no-cache] [--max-cost USD]
@@ -12,7 +12,7 @@
     keel reject RUN_ID --reason TEXT [--approval ID] [--as USER]
     keel tenant create T | rotate T | list | credential T --out FILE
     keel tenant forget T [--json]                         erase a tenant (crypto-shredding)
-    keel codec-token add NAME --role viewer|auditor --tenant T...   a token for the codec server
+    keel codec-token add NAME --role viewer|auditor --tenant T... | list | revoke NAME
     keel gc [--older-than-days N]                        delete blobs unused for N days
 """
 
@@ -74,12 +74,36 @@ def cmd_down(args, settings: KeelSettings) -> int:
 def cmd_status(args, settings: KeelSettings) -> int:
     from keel.stack import Stack
 
-    running = Stack(settings).running()
+    stack = Stack(settings)
+    if args.json:
+        print(json.dumps(stack.status()))
+        return 0
+    running = stack.running()
     if not running:
         print("nothing started by keel is running")
     for p in running:
         print(f"{p.role:9} pid {p.pid:<8} {' '.join(p.cmd[-3:])}  log {p.log}")
     print(f"Temporal Web UI: {settings.ui_url}")
+    if stack.codec_url():
+        print(f"Codec server: {stack.codec_url()}")
+    return 0
+
+
+def cmd_codec_token(args, settings: KeelSettings) -> int:
+    from keel.codec_server import add_token, list_tokens, revoke_token
+
+    if args.action == "add":
+        try:
+            print(add_token(settings, args.name, args.role, args.tenant))  # shown this once only
+        except ValueError as e:
+            print(f"keel codec-token: {e}", file=sys.stderr)
+            return 2
+    elif args.action == "list":
+        rows = list_tokens(settings)
+        print(json.dumps(rows) if args.json else "\n".join(f"{r['name']:20} {r['role']:8} {','.join(r['tenants'])}" for r in rows))
+    elif not revoke_token(settings, args.name):
+        print(f"no codec token named {args.name!r}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -394,7 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--app", action="append", default=[], metavar="MODULE", help="also run this module's workflows (repeatable)")
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop what `keel up` started").set_defaults(func=cmd_down)
-    sub.add_parser("status", help="show what `keel up` started").set_defaults(func=cmd_status)
+    status = sub.add_parser("status", help="show what `keel up` started")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
 
     ingest = sub.add_parser("ingest", help="ingest files and folders")
     ingest.add_argument("paths", nargs="+")
@@ -449,6 +475,16 @@ def build_parser() -> argparse.ArgumentParser:
     tenant.add_argument("--out", metavar="FILE", help="credential: the keyring file to write")
     tenant.add_argument("--json", action="store_true")
     tenant.set_defaults(func=cmd_tenant)
+
+    ct = sub.add_parser("codec-token", help="tokens of the codec server (decrypted payloads in the Web UI)")
+    ctsub = ct.add_subparsers(dest="action", required=True)
+    add = ctsub.add_parser("add", help="create a token (printed once)")
+    add.add_argument("name")
+    add.add_argument("--role", choices=["viewer", "auditor"], required=True)
+    add.add_argument("--tenant", action="append", required=True, help="repeatable; '*' for every tenant")
+    ctsub.add_parser("list").add_argument("--json", action="store_true")
+    ctsub.add_parser("revoke").add_argument("name")
+    ct.set_defaults(func=cmd_codec_token)
 
     gc = sub.add_parser("gc", help="delete blobs no run has used for a while")
     gc.add_argument("--older-than-days", type=float, default=30.0, metavar="N")

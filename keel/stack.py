@@ -260,8 +260,9 @@ class Stack:
         s = self.settings
         if s.encryption:  # the embedded default's master key, before any client or worker needs it
             from keel._codec import Keys
+            from keel.keys import DEPLOYMENT
 
-            Keys.from_settings(s, create_master=True).store
+            Keys.from_settings(s, create_master=True).tenant_key(DEPLOYMENT, create=True)
         procs = self.running()
         host, _, port = s.temporal_address.rpartition(":")
         if port_open(host, int(port)):
