@@ -87,9 +87,6 @@ class _RunTenants:
                     self._map.popitem(last=False)
 
 
-run_tenants = _RunTenants()
-
-
 class Keys:
     """The keys this process holds: the key store (workers and administrators: every tenant)
     if the master key is available, else only the caller's keyring."""
@@ -101,6 +98,7 @@ class Keys:
         self.create_master = create_master
         self._store: KeyStore | None = None
         self._lock = threading.Lock()
+        self.runs = _RunTenants()  # per caller: one process may host several
 
     @classmethod
     def from_settings(cls, settings, *, create_master: bool = False) -> Keys:
@@ -224,7 +222,7 @@ class KeelCodec(PayloadCodec, WithSerializationContext):
         return tenant, inner
 
     def tenant_for(self, payload: Payload) -> str:
-        return named_tenant(payload) or current_tenant() or run_tenants.get(self._workflow_id) or self.keys.default_tenant()
+        return named_tenant(payload) or current_tenant() or self.keys.runs.get(self._workflow_id) or self.keys.default_tenant()
 
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
         out = []
@@ -233,7 +231,7 @@ class KeelCodec(PayloadCodec, WithSerializationContext):
             if tenant != DEPLOYMENT:
                 check_tenant(tenant)
             out.append(self.seal(p, tenant))
-            run_tenants.remember(self._workflow_id, tenant)
+            self.keys.runs.remember(self._workflow_id, tenant)
         return out
 
     async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
@@ -259,12 +257,12 @@ class KeelCodec(PayloadCodec, WithSerializationContext):
         tenant, inner = self.open(p)
         wf = self._workflow_id
         if isinstance(self.context, WorkflowSerializationContext):
-            owner = run_tenants.get(wf)
+            owner = self.keys.runs.get(wf)
             if owner is not None and tenant not in (owner, DEPLOYMENT):
                 raise PermissionDenied(f"a payload of tenant {tenant!r} sent to a run of another tenant ({wf})")
-            run_tenants.remember(wf, tenant)
+            self.keys.runs.remember(wf, tenant)
         elif isinstance(self.context, ActivitySerializationContext):
-            run_tenants.remember(wf, tenant)
+            self.keys.runs.remember(wf, tenant)
         return inner
 
 

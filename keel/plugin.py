@@ -60,7 +60,7 @@ class EncodedFailureConverter(DefaultFailureConverter):
         super().__init__(encode_common_attributes=True)
 
 
-def _data_converter(settings: KeelSettings):
+def _data_converter(settings: KeelSettings, keys):
     def configure(existing: DataConverter | None) -> DataConverter:
         # Keep a payload converter the user chose; replace only the default (or plain pydantic)
         # one. Keel's codec seals payloads per tenant (keel._codec); a codec of the user's own
@@ -68,9 +68,9 @@ def _data_converter(settings: KeelSettings):
         codec = existing.payload_codec if existing else None
         extra = {}
         if settings.encryption:
-            from keel._codec import KeelCodec, Keys
+            from keel._codec import KeelCodec
 
-            codec = KeelCodec(Keys.from_settings(settings), accept_plaintext=settings.accept_plaintext_payloads)
+            codec = KeelCodec(keys, accept_plaintext=settings.accept_plaintext_payloads)
             # Failure messages and stack traces can quote data (a path, a model's reply): they
             # travel as an encoded payload too, sealed like the rest.
             extra["failure_converter_class"] = EncodedFailureConverter
@@ -91,18 +91,25 @@ class _TenantScope(Interceptor):
     """Runs each activity in its run's tenant scope: what it sends (signals, blobs) without
     naming a tenant is sealed for that tenant."""
 
+    def __init__(self, keys) -> None:
+        self.keys = keys
+
     def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
-        return _TenantScopeActivity(next)
+        return _TenantScopeActivity(next, self.keys)
 
 
 class _TenantScopeActivity(ActivityInboundInterceptor):
+    def __init__(self, next: ActivityInboundInterceptor, keys) -> None:
+        super().__init__(next)
+        self.keys = keys
+
     async def execute_activity(self, input: ExecuteActivityInput):
         from temporalio import activity
 
-        from keel._codec import run_tenants, tenant_scope
+        from keel._codec import tenant_scope
 
         named = getattr(input.args[0], "tenant", None) if input.args else None
-        tenant = named if isinstance(named, str) and named else run_tenants.get(activity.info().workflow_id)
+        tenant = named if isinstance(named, str) and named else self.keys.runs.get(activity.info().workflow_id)
         with tenant_scope(tenant):
             return await self.next.execute_activity(input)
 
@@ -143,10 +150,14 @@ class KeelPlugin(SimplePlugin):
         self.max_concurrent_activities = max_concurrent_activities
         self._extra_queues: set[str] = set()
         self._executor: ThreadPoolExecutor | None = None
-        self._tenant_scope = _TenantScope()
+        from keel._codec import Keys
+
+        # The keys this process holds, and what it learned of which run is whose tenant.
+        self.keys = Keys.from_settings(self.settings)
+        self._tenant_scope = _TenantScope(self.keys)
         super().__init__(
             "keel.KeelPlugin",
-            data_converter=_data_converter(self.settings),
+            data_converter=_data_converter(self.settings, self.keys),
             interceptors=[self._tenant_scope],
             activities=keel_activities(),
             workflows=keel_workflows(),

@@ -39,13 +39,12 @@ def make_keys(root: Path) -> Keys:
 
 def planted_in(root: Path, values: list[str] = PLANTED) -> dict[str, list[str]]:
     """Which files under ``root`` hold each value in clear (raw bytes: UTF-8 and UTF-16)."""
-    files = [p for p in root.rglob("*") if p.is_file()]
     found: dict[str, list[str]] = {}
-    for value in values:
-        needles = (value.encode(), value.encode("utf-16-le"))
-        hits = [str(p.relative_to(root)) for p in files if any(n in p.read_bytes() for n in needles)]
-        if hits:
-            found[value] = hits
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        for value in values:
+            if value.encode() in data or value.encode("utf-16-le") in data:
+                found.setdefault(value, []).append(str(path.relative_to(root)))
     return found
 
 
