@@ -167,16 +167,33 @@ def denied(reason: str) -> Payload:
     return Payload(metadata={"encoding": DENIED}, data=reason.encode())
 
 
-def named_tenant(payload: Payload) -> str | None:
-    """The top-level ``tenant`` field of a JSON payload, if it has one."""
-    if payload.metadata.get("encoding") != b"json/plain" or b'"tenant"' not in payload.data or len(payload.data) > 1_000_000:
-        return None
+def _tenants_in(value, found: list[str], depth: int = 0) -> None:
+    if depth > 12:
+        return
+    if isinstance(value, dict):
+        tenant = value.get("tenant")
+        if isinstance(tenant, str) and tenant:
+            found.append(tenant)
+        for v in value.values():
+            if isinstance(v, (dict, list)):
+                _tenants_in(v, found, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            if isinstance(v, (dict, list)):
+                _tenants_in(v, found, depth + 1)
+
+
+def named_tenants(payload: Payload) -> list[str]:
+    """Every ``tenant`` field in a JSON payload, nested ones too (an input wrapping another)."""
+    if payload.metadata.get("encoding") != b"json/plain" or b'"tenant"' not in payload.data:
+        return []
     try:
         value = json.loads(payload.data)
     except ValueError:
-        return None
-    tenant = value.get("tenant") if isinstance(value, dict) else None
-    return tenant if isinstance(tenant, str) and tenant else None
+        return []
+    found: list[str] = []
+    _tenants_in(value, found)
+    return found
 
 
 class KeelCodec(PayloadCodec, WithSerializationContext):
@@ -193,7 +210,7 @@ class KeelCodec(PayloadCodec, WithSerializationContext):
         self.context = context
 
     def with_context(self, context: SerializationContext) -> KeelCodec:
-        return KeelCodec(self.keys, accept_plaintext=self.accept_plaintext, context=context)
+        return type(self)(self.keys, accept_plaintext=self.accept_plaintext, context=context)
 
     @property
     def _workflow_id(self) -> str | None:
@@ -222,7 +239,8 @@ class KeelCodec(PayloadCodec, WithSerializationContext):
         return tenant, inner
 
     def tenant_for(self, payload: Payload) -> str:
-        return named_tenant(payload) or current_tenant() or self.keys.runs.get(self._workflow_id) or self.keys.default_tenant()
+        named = named_tenants(payload)
+        return (named[0] if named else None) or current_tenant() or self.keys.runs.get(self._workflow_id) or self.keys.default_tenant()
 
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
         out = []
@@ -266,11 +284,11 @@ class KeelCodec(PayloadCodec, WithSerializationContext):
         return inner
 
 
-def check_payload_tenant(payload: Payload, value: object) -> None:
-    """Refuse a value naming a tenant other than the one whose key authenticated it."""
+def check_payload_tenant(payload: Payload) -> None:
+    """Refuse a payload naming a tenant (anywhere in it) other than the one whose key sealed it."""
     sealed_for = payload.metadata.get(TENANT_METADATA)
     if not sealed_for or sealed_for == DEPLOYMENT.encode():
         return
-    named = value.get("tenant") if isinstance(value, dict) else getattr(value, "tenant", None)
-    if isinstance(named, str) and named and named != sealed_for.decode():
-        raise PermissionDenied(f"a request for tenant {named!r} authenticated by tenant {sealed_for.decode()!r}'s key")
+    for named in named_tenants(payload):
+        if named != sealed_for.decode():
+            raise PermissionDenied(f"a request for tenant {named!r} authenticated by tenant {sealed_for.decode()!r}'s key")

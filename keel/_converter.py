@@ -69,10 +69,8 @@ class KeelPayloadConverter(CompositePayloadConverter):
         for p in payloads:
             if p.metadata.get("encoding") == DENIED:
                 raise PermissionDenied(p.data.decode())
-        values = super().from_payloads(payloads, type_hints)
-        for p, v in zip(payloads, values):
-            check_payload_tenant(p, v)
-        return values
+            check_payload_tenant(p)
+        return super().from_payloads(payloads, type_hints)
 
 
 def is_default(converter: DataConverter | None) -> bool:

@@ -147,7 +147,8 @@ class KeyStore:
         self.provider = provider
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, int], TenantKey] = {}
-        self._checked: dict[str, float] = {}
+        self._latest: dict[str, int] = {}
+        self._signatures: dict[str, tuple | None] = {}
 
     def _path(self, tenant: str) -> Path:
         return self.root / f"{tenant}.json"
@@ -208,28 +209,33 @@ class KeyStore:
         with self._lock:
             self._path(tenant).unlink(missing_ok=True)
             self._cache = {k: v for k, v in self._cache.items() if k[0] != tenant}
+            self._latest.pop(tenant, None)
 
     def key(self, tenant: str, version: int | None = None) -> TenantKey:
         """The tenant's data key (newest version by default); ``PermissionDenied`` if none."""
-        # Another process may have forgotten the tenant: look at the file at most once a second.
-        now = time.monotonic()
-        if now - self._checked.get(tenant, 0.0) > 1.0:
-            if not self.exists(tenant):
-                with self._lock:
-                    self._cache = {k: v for k, v in self._cache.items() if k[0] != tenant}
-            self._checked[tenant] = now
-        if version is not None and (tenant, version) in self._cache:
-            return self._cache[(tenant, version)]
+        # Another process may have forgotten, re-created or rotated the tenant: the file's
+        # identity decides whether what this process cached is still the tenant's key.
+        try:
+            st = self._path(tenant).stat()
+            signature = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            signature = None
         with self._lock:
+            if self._signatures.get(tenant) != signature:
+                self._cache = {k: v for k, v in self._cache.items() if k[0] != tenant}
+                self._latest.pop(tenant, None)
+                self._signatures[tenant] = signature
+            wanted = self._latest.get(tenant) if version is None else version
+            if wanted is not None and (tenant, wanted) in self._cache:
+                return self._cache[(tenant, wanted)]
             versions = self._versions(tenant)
+            self._latest[tenant] = versions[-1]["version"]
             chosen = versions[-1] if version is None else next((v for v in versions if v["version"] == version), None)
             if chosen is None:
                 raise PermissionDenied(f"tenant {tenant!r} has no key version {version}")
-            cached = self._cache.get((tenant, chosen["version"]))
-            if cached is None:
-                raw = self.provider.unwrap(chosen["master_key_id"], base64.b64decode(chosen["wrapped"]), context=tenant.encode())
-                cached = self._cache[(tenant, chosen["version"])] = TenantKey(tenant, chosen["version"], raw)
-            return cached
+            raw = self.provider.unwrap(chosen["master_key_id"], base64.b64decode(chosen["wrapped"]), context=tenant.encode())
+            key = self._cache[(tenant, chosen["version"])] = TenantKey(tenant, chosen["version"], raw)
+            return key
 
 
 class Keyring:

@@ -178,6 +178,7 @@ class KeelPlugin(SimplePlugin):
         if config.get("task_queue") in self._extra_queues:
             # One of the plugin's own extra workers, configured below; it needs the tenant scope.
             config["interceptors"] = [*config.get("interceptors", []), self._tenant_scope]
+            config["workflow_failure_exception_types"] = [*config.get("workflow_failure_exception_types", []), KeelError]
             return config
         config = super().configure_worker(config)
         _deployment.register(config["task_queue"], self.deployment)

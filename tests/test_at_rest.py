@@ -41,7 +41,8 @@ def planted_in(root: Path, values: list[str] = PLANTED) -> dict[str, list[str]]:
     """Which files under ``root`` hold each value in clear (raw bytes: UTF-8 and UTF-16)."""
     found: dict[str, list[str]] = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        data = path.read_bytes()
+        # Preallocated (sparse) mmap files are mostly trailing zeros: hundreds of MB to skip.
+        data = path.read_bytes().rstrip(b"\0") + b"\0\0"
         for value in values:
             if value.encode() in data or value.encode("utf-16-le") in data:
                 found.setdefault(value, []).append(str(path.relative_to(root)))
@@ -254,3 +255,18 @@ def test_cache_drops_a_table_from_before_sealing(tmp_path):
     assert planted_in(tmp_path, [CARD, NAME]) == {}
     cache.store(_entry("acme"), now=0)
     assert cache.lookup_exact("acme", "answer-v1", QUESTION, ["c1"], ["m"], now=1).answer == ANSWER
+
+
+def test_forget_tenant_on_the_deployments_cache(tmp_path):
+    """The erasure activity's entry point: by settings, without keys."""
+    from types import SimpleNamespace
+
+    from keel.llm.cache import forget_tenant
+
+    settings = SimpleNamespace(answer_cache_path=tmp_path / "cache" / "answers.sqlite3", cache_ttl_seconds=60)
+    assert forget_tenant(settings, "acme") == 0 and not settings.answer_cache_path.exists()
+    cache = AnswerCache(settings.answer_cache_path, ttl_seconds=60, keys=make_keys(tmp_path))
+    cache.store(_entry("acme"), now=0)
+    cache.store(_entry("globex"), now=0)
+    assert forget_tenant(settings, "acme") == 1
+    assert cache.lookup_exact("globex", "answer-v1", QUESTION, ["c1"], ["m"], now=1) is not None

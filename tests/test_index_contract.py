@@ -1,5 +1,6 @@
 """One contract for both chunk-index backends: qdrant-client (ChunkIndex, in memory / local
-files) and Qdrant Edge (EdgeChunkIndex, in a tmp dir). Small N, no Temporal, a few seconds."""
+files) and Qdrant Edge (EdgeChunkIndex, in a tmp dir), each in clear and sealed with tenant keys
+(``-sealed``: encryption on, Keel's default). Small N, no Temporal, a few seconds."""
 
 from __future__ import annotations
 
@@ -13,19 +14,30 @@ from keel.retrieval.store import ChunkIndex
 from keel.types import Filters
 
 DIM = 16
-BACKENDS = ["client", "edge"]
+BACKENDS = ["client", "edge", "client-sealed", "edge-sealed"]
 
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 
+def make_keys(path):
+    """A key store next to ``path``: reopening the index finds the same keys."""
+    from keel._codec import Keys
+
+    root = path.parent / f"{path.name}-keys"
+    return Keys(keys_dir=root / "keys", master_key_file=root / "master.key", keyring=root / "keyring.json",
+                auto_create=True, create_master=True)
+
+
 def make_index(backend: str, path, *, persistent: bool = False):
-    if backend == "client":
-        return ChunkIndex(path=path if persistent else None, collection="contract", dimensions=DIM)
+    engine, _, sealed = backend.partition("-")
+    keys = make_keys(path) if sealed else None
+    if engine == "client":
+        return ChunkIndex(path=path if persistent else None, collection="contract", dimensions=DIM, keys=keys)
     pytest.importorskip("qdrant_edge")
     from keel.retrieval.edge import EdgeChunkIndex
 
-    return EdgeChunkIndex(path=path, collection="contract", dimensions=DIM)
+    return EdgeChunkIndex(path=path, collection="contract", dimensions=DIM, keys=keys)
 
 
 @pytest.fixture(params=BACKENDS)

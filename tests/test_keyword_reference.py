@@ -4,6 +4,7 @@ Reference: ``rank_bm25.BM25Okapi`` over the same texts with the same tokenizer. 
 purpose in small ways (Qdrant's IDF is ``ln(1 + (N-df+0.5)/(df+0.5))``, rank_bm25's is
 ``ln((N-df+0.5)/(df+0.5))`` with a floor; Keel bakes a fixed ``AVG_LEN`` into document weights
 where rank_bm25 measures the corpus), so rankings are compared by top-10 overlap, not equality.
+Both with term ids in clear (crc32) and keyed per tenant (encryption on).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pytest
 
 from keel.ingestion.chunking import chunk_elements
 from keel.retrieval.keyword import B, K1, bm25_query_vector, tokenize
+from keel.retrieval.sealed import open_payload, point_codec
 from keel.retrieval.store import KEYWORD, ChunkIndex, _match, _sparse
 
 SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "data" / "scifact"
@@ -36,10 +38,17 @@ def _read_jsonl(path: Path, n: int) -> list[dict]:
     return out
 
 
-@pytest.fixture(scope="module")
-def corpus_and_index():
+@pytest.fixture(scope="module", params=["clear", "sealed"])
+def corpus_and_index(request, tmp_path_factory):
     docs = _read_jsonl(SCIFACT / "corpus.jsonl", N_DOCS)
-    index = ChunkIndex(dimensions=4)
+    keys = None
+    if request.param == "sealed":
+        from keel._codec import Keys
+
+        root = tmp_path_factory.mktemp("keys")
+        keys = Keys(keys_dir=root / "keys", master_key_file=root / "master.key", keyring=root / "keyring.json",
+                    auto_create=True, create_master=True)
+    index = ChunkIndex(dimensions=4, keys=keys)
     chunk_ids, chunk_texts = [], []
     rng = np.random.default_rng(0)
     for doc in docs:
@@ -59,11 +68,13 @@ def corpus_and_index():
 def _keel_top(index: ChunkIndex, query: str, k: int) -> list[str]:
     from qdrant_client import models
 
+    terms = bm25_query_vector(query, term_ids=point_codec(index.keys, TENANT).term_id)
     response = index.client.query_points(
-        index.collection, query=_sparse(bm25_query_vector(query)), using=KEYWORD, limit=k,
-        query_filter=models.Filter(must=[_match("tenant", TENANT)]), with_payload=["document_id", "chunk_index"],
+        index.collection, query=_sparse(terms), using=KEYWORD, limit=k,
+        query_filter=models.Filter(must=[_match("tenant", TENANT)]), with_payload=True,
     )
-    return [f"{p.payload['document_id']}#{p.payload['chunk_index']}" for p in response.points]
+    payloads = [open_payload(index.keys, p.payload) for p in response.points]
+    return [f"{p['document_id']}#{p['chunk_index']}" for p in payloads]
 
 
 def test_sparse_bm25_ranks_like_rank_bm25(corpus_and_index):

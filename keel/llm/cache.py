@@ -188,6 +188,15 @@ class AnswerCache:
         return removed
 
 
+def forget_tenant(settings, tenant: str) -> int:
+    """Delete every cached answer of ``tenant`` from the deployment's cache (``KeelSettings``);
+    how many there were. Needs no key, so it also cleans up after a forgotten tenant."""
+    path = Path(settings.answer_cache_path)
+    if not path.exists():
+        return 0
+    return AnswerCache(path, ttl_seconds=settings.cache_ttl_seconds).forget_tenant(tenant)
+
+
 def _migrate(db: sqlite3.Connection) -> None:
     """Create the table; drop one from before sealed bodies (its columns held the question and
     answer in clear; a cache may always start empty)."""
