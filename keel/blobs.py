@@ -57,6 +57,8 @@ class BlobStore:
         return tenant or current_tenant() or DEPLOYMENT
 
     def _path(self, tenant: str, key: str) -> Path:
+        if self.keys is None:  # encryption off: one plain content-addressed store, as before 0.4
+            return self.root / key[:2] / key
         return self.root / tenant / key[:2] / key
 
     def put(self, data: bytes, tenant: str | None = None) -> str:
@@ -109,9 +111,10 @@ class BlobStore:
         return n
 
     def forget_tenant(self, tenant: str) -> tuple[int, int]:
-        """Delete every blob of the tenant: ``(blobs, bytes)`` removed."""
+        """Delete every blob of the tenant: ``(blobs, bytes)`` removed (with encryption off,
+        blobs are not kept per tenant: nothing)."""
         root = self.root / tenant
-        if not root.exists():
+        if self.keys is None or not root.exists():
             return 0, 0
         files = [p for p in root.rglob("*") if p.is_file()]
         size = sum(p.stat().st_size for p in files)

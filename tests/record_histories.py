@@ -44,6 +44,9 @@ async def main() -> None:
             data_dir=Path(tmp), temporal_address=server.address, llm_start_local=False, llm_base_url=llm.base_url,
             llm_model="history-model", task_queue="histories", index_task_queue="histories-index",
             tenant_budget_usd=1000.0,  # every tenant has a ledger, so the ask charges one
+            # Histories test the workflows' determinism, which the payload codec has no part in;
+            # recorded in clear, they replay without this recording's keys.
+            encryption=False,
         )
         stack = Stack(settings)
         stack.up(workers=1, apps=["tests.agent_app"], say=print)  # with a user's agent and tools
@@ -76,12 +79,28 @@ async def record(env: KeelEnv, llm: FakeOpenAI) -> None:
         "ProviderHealth": await provider_outage_and_recovery(env, settings),
     }
     handles["KeelAgent"] = await agent_history(env, llm)
+    handles.update(await upload_and_erase(env, tenant))
     handles.update(await chain_histories(env.client, settings))
     OUT.mkdir(parents=True, exist_ok=True)
     for name, handle in handles.items():
         history = await handle.fetch_history()
         (OUT / f"{name}.json").write_text(history.to_json())
         print(f"recorded {name}: {len(history.events)} events")
+
+
+async def upload_and_erase(env: KeelEnv, tenant: str) -> dict:
+    """An uploaded document, then the erasure of that tenant's data."""
+    from keel import upload_document
+    from keel.activities.index import EraseTenantInput
+    from keel.workflows import EraseTenant
+
+    upload = await upload_document(env.client, tenant, "tides.md", b"# Tides\n\nHigh tide is at 14:20.", settings=env.settings, wait=False)
+    await upload.result()
+    erase = await env.client.start_workflow(
+        EraseTenant.run, EraseTenantInput(tenant), id=env.workflow_id("erase"), task_queue=env.settings.index_task_queue
+    )
+    await erase.result()
+    return {"IngestUpload": upload, "EraseTenant": erase}
 
 
 async def agent_history(env: KeelEnv, llm: FakeOpenAI):
@@ -126,6 +145,7 @@ async def chain_histories(client, settings: KeelSettings) -> dict:
             task_queue=queue,
             index_task_queue=f"{queue}-index",
             llm_start_local=False,
+            encryption=False,
             cache_enabled=True,
             providers=[
                 ProviderConfig(name="flaky", base_url=flaky.base_url, model="flaky-model", max_attempts=2,

@@ -306,6 +306,9 @@ async def test_hostile_files_fail_typed_within_a_memory_bound(keel: KeelEnv, tmp
         for _ in range(200):
             f.write(b"lighthouse log line\n" * 50_000)
     assert (tmp_path / "bomb.docx").stat().st_size < 5_000_000
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.txt"
+    outside.write_text("OUTSIDE-4417: not for the index")
+    (tmp_path / "outside.txt").symlink_to(outside)  # a symlink to a file outside the roots
 
     pid, idle = _worker_memory(keel)
     summary = await keel.ingest([tmp_path], tenant="hostile")
@@ -315,6 +318,6 @@ async def test_hostile_files_fail_typed_within_a_memory_bound(keel: KeelEnv, tmp
     assert summary.indexed == 1, summary
     assert reasons == {
         "bomb.docx": "DocumentTooLarge", "deep.html": "DocumentTooComplex",
-        "locked.pdf": "EncryptedDocument", "huge.txt": "DocumentTooLarge",
+        "locked.pdf": "EncryptedDocument", "huge.txt": "DocumentTooLarge", "outside.txt": "PathNotAllowed",
     }
     assert peak - idle < 1_000_000_000, f"the worker grew by {(peak - idle) / 1e6:.0f} MB"
