@@ -29,6 +29,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(KEEL) up
+	$(KEEL) tenant create $(TENANT)
 	$(KEEL) ingest examples/corpus --tenant $(TENANT)
 	$(KEEL) ask "When was the Fresnel lens restored?" --tenant $(TENANT)
 	$(KEEL) ask "How much does a family membership cost?" --tenant $(TENANT)

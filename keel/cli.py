@@ -10,7 +10,7 @@
     keel approvals [--tenant T] [--json]                  pending human approvals
     keel approve RUN_ID [--comment TEXT] [--approval ID] [--as USER]
     keel reject RUN_ID --reason TEXT [--approval ID] [--as USER]
-    keel tenant create T | rotate T | list | credential T --out FILE
+    keel tenant create T | rotate T | rotate-master | list | credential T --out FILE
     keel tenant forget T [--json]                         erase a tenant (crypto-shredding)
     keel codec-token add NAME --role viewer|auditor --tenant T... | list | revoke NAME
     keel gc [--older-than-days N]                        delete blobs unused for N days
@@ -268,6 +268,8 @@ def cmd_tenant(args, settings: KeelSettings):
         print(f"tenant {args.tenant}: key version {tenants.rotate(settings, args.tenant)}")
     elif args.action == "list":
         print("\n".join(tenants.tenants(settings)))
+    elif args.action == "rotate-master":
+        print(f"new master key; {tenants.rotate_master(settings)} tenant key versions re-wrapped")
     elif args.action == "credential":
         if not args.out:
             raise SystemExit("keel tenant credential: --out FILE is required")
@@ -470,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     reject.set_defaults(func=cmd_reject)
 
     tenant = sub.add_parser("tenant", help="create, rotate, list or forget tenants (needs the master key)")
-    tenant.add_argument("action", choices=["create", "rotate", "list", "credential", "forget"])
+    tenant.add_argument("action", choices=["create", "rotate", "rotate-master", "list", "credential", "forget"])
     tenant.add_argument("tenant", nargs="?", metavar="T")
     tenant.add_argument("--out", metavar="FILE", help="credential: the keyring file to write")
     tenant.add_argument("--json", action="store_true")
@@ -494,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "tenant" and args.action != "list" and not args.tenant:
+    if args.command == "tenant" and args.action not in ("list", "rotate-master") and not args.tenant:
         build_parser().error(f"keel tenant {args.action}: name the tenant")
     settings = KeelSettings()
     result = args.func(args, settings)

@@ -42,6 +42,27 @@ def rotate(settings: KeelSettings, tenant: str) -> int:
     return version
 
 
+def rotate_master(settings: KeelSettings) -> int:
+    """A new master key in the embedded default's key file; every tenant's data key is re-wrapped
+    with it (data itself is not re-encrypted). Returns how many data keys were re-wrapped."""
+    import base64
+    import secrets
+
+    from keel.keys import KeyStore, LocalKeyProvider, _write_private
+
+    path = settings.master_key_path
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no master key file (a KMS or KEEL_MASTER_KEY rotates on its own side)")
+    doc = json.loads(path.read_text())
+    new_id = f"m{len(doc['keys']) + 1}"
+    doc["keys"][new_id] = base64.b64encode(secrets.token_bytes(32)).decode()
+    doc["current"] = new_id
+    provider = LocalKeyProvider({k: base64.b64decode(v) for k, v in doc["keys"].items()}, new_id)
+    n = KeyStore(settings.keys_dir, provider).rewrap()
+    _write_private(path, json.dumps(doc))
+    return n
+
+
 def export_credential(settings: KeelSettings, tenant: str, path: Path) -> Path:
     """Write a keyring file holding only ``tenant``'s credential, for a service acting for it
     (``KEEL_KEYRING=path``; that service needs no master key)."""
