@@ -149,6 +149,13 @@ class Keys:
         return DEPLOYMENT
 
 
+def ensure_local_keys(settings) -> None:
+    """The embedded default's master key and deployment key, made before any client or worker
+    needs them (``keel up``, test environments); a no-op once they exist."""
+    if settings.encryption:
+        Keys.from_settings(settings, create_master=True).tenant_key(DEPLOYMENT, create=True)
+
+
 _aeads: dict[bytes, AESGCM] = {}
 
 

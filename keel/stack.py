@@ -258,11 +258,9 @@ class Stack:
 
     def up(self, workers: int = 1, *, apps: list[str] = (), say=print) -> list[Process]:
         s = self.settings
-        if s.encryption:  # the embedded default's master key, before any client or worker needs it
-            from keel._codec import Keys
-            from keel.keys import DEPLOYMENT
+        from keel._codec import ensure_local_keys
 
-            Keys.from_settings(s, create_master=True).tenant_key(DEPLOYMENT, create=True)
+        ensure_local_keys(s)
         procs = self.running()
         host, _, port = s.temporal_address.rpartition(":")
         if port_open(host, int(port)):

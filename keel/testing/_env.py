@@ -118,6 +118,7 @@ class KeelTestEnv:
         from temporalio.client import Client
         from temporalio.worker import Worker
 
+        from keel._codec import ensure_local_keys
         from keel.plugin import KeelPlugin
 
         s = self._stack
@@ -132,6 +133,7 @@ class KeelTestEnv:
         # Closed before the data dir goes: the embedded index flushes into it.
         s.callback(_close_runtime)
         self.settings = isolated_settings(address, self.fake_llm, Path(data_dir), **overrides)
+        ensure_local_keys(self.settings)
         self.plugin = KeelPlugin(self.settings)
         self.client = await Client.connect(address, plugins=[self.plugin])
         self.worker = Worker(self.client, task_queue=self.task_queue, workflows=self.workflows, activities=self.activities)
