@@ -411,16 +411,22 @@ def _health_report(
     )
 
 
-def _signal_health(client: Client, provider: ProviderConfig, report: HealthReport):
+async def _signal_health(client: Client, provider: ProviderConfig, report: HealthReport):
+    from keel._codec import tenant_scope
+    from keel.keys import DEPLOYMENT
+
     queue = runtime().settings.task_queue
-    return client.start_workflow(
-        "ProviderHealth",
-        ProviderHealthInput(state=ProviderHealthState(provider=provider.name)),
-        id=provider_health_id(queue, provider.name),
-        task_queue=queue,
-        start_signal="report",
-        start_signal_args=[report],
-    )
+    # The breaker is the deployment's, not the reporting run's tenant's: sealed with the
+    # deployment key, so no tenant's caller can speak for it.
+    with tenant_scope(DEPLOYMENT):
+        return await client.start_workflow(
+            "ProviderHealth",
+            ProviderHealthInput(state=ProviderHealthState(provider=provider.name)),
+            id=provider_health_id(queue, provider.name),
+            task_queue=queue,
+            start_signal="report",
+            start_signal_args=[report],
+        )
 
 
 async def _report(tenant: str, provider: ProviderConfig, record: ProviderAttempt, health: HealthReport | None) -> None:

@@ -245,18 +245,26 @@ class KeelCodec(PayloadCodec, WithSerializationContext):
         inner.metadata[TENANT_METADATA] = tenant.encode()
         return tenant, inner
 
-    def tenant_for(self, payload: Payload) -> str:
+    def _chosen_tenant(self, payload: Payload) -> tuple[str, bool]:
+        """The tenant to seal for, and whether that was decided (named, scoped) or guessed."""
         named = named_tenants(payload)
-        return (named[0] if named else None) or current_tenant() or self.keys.runs.get(self._workflow_id) or self.keys.default_tenant()
+        decided = (named[0] if named else None) or current_tenant()
+        if decided:
+            return decided, True
+        return self.keys.runs.get(self._workflow_id) or self.keys.default_tenant(), False
+
+    def tenant_for(self, payload: Payload) -> str:
+        return self._chosen_tenant(payload)[0]
 
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
         out = []
         for p in payloads:
-            tenant = self.tenant_for(p)
+            tenant, decided = self._chosen_tenant(p)
             if tenant != DEPLOYMENT:
                 check_tenant(tenant)
             out.append(self.seal(p, tenant))
-            self.keys.runs.remember(self._workflow_id, tenant)
+            if decided:  # a fallback (a query's argument sealed with the deployment key) says nothing of the run
+                self.keys.runs.remember(self._workflow_id, tenant)
         return out
 
     async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:

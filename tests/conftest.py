@@ -31,6 +31,39 @@ CORPUS = ROOT / "examples" / "corpus"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
+def payloads_in(msg):
+    """Every Payload inside a protobuf message (a history event), to decode or scan in place."""
+    from google.protobuf.message import Message
+    from temporalio.api.common.v1 import Payload
+
+    if isinstance(msg, Payload):
+        yield msg
+        return
+    for field, value in msg.ListFields():
+        if field.type != field.TYPE_MESSAGE:
+            continue
+        if isinstance(value, Message):
+            yield from payloads_in(value)
+            continue
+        for item in value.values() if hasattr(value, "values") else value:  # a map or a list
+            if isinstance(item, Message):
+                yield from payloads_in(item)
+
+
+async def opened_history(client: Client, events) -> bytes:
+    """The events as stored, with every payload opened by the client's codec (tenant keys):
+    what an operator with the keys sees, for tests about what history holds."""
+    codec = client.data_converter.payload_codec
+    out = []
+    for event in events:
+        event = type(event).FromString(event.SerializeToString())
+        for payload in list(payloads_in(event)):
+            if codec is not None:
+                payload.CopyFrom((await codec.decode([payload]))[0])
+        out.append(event.SerializeToString())
+    return b"".join(out)
+
+
 @dataclass
 class KeelEnv:
     settings: KeelSettings

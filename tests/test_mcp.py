@@ -29,6 +29,7 @@ from keel.agents.tools import PREVIEW_CHARS, ToolCall
 from keel.plugin import KeelPlugin
 from keel.testing import KeelTestEnv
 from keel.testing._env import free_port, isolated_settings
+from tests.conftest import opened_history
 from tests.mcp_workflows import CallMCPTools, CallMCPToolsInput
 
 SERVER_SCRIPT = str(Path(__file__).with_name("mcp_server.py"))
@@ -283,7 +284,7 @@ async def test_the_activities_on_a_temporal_worker(temporal_settings, http_url, 
 
         # The history holds the tool list and the previews, never a full result.
         history = await handle.fetch_history()
-        recorded = b"".join(e.SerializeToString() for e in history.events)
+        recorded = await opened_history(env.client, history.events)
         assert b"line 0000" in recorded and b"line 0169" not in recorded
         assert b"keel.mcp_list_tools" in recorded and b"demo_lookup_v2" in recorded
 

@@ -13,8 +13,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from google.protobuf.message import Message
-from temporalio.api.common.v1 import Payload
 from temporalio.client import Client, WorkflowFailureError
 
 from keel import tenants
@@ -26,7 +24,7 @@ from keel.errors import PermissionDenied
 from keel.plugin import KeelPlugin
 from keel.workflows import AnswerQuestion, IndexStats, IndexStatsInput, IngestCorpus
 
-from .conftest import SHARED_DATA, KeelEnv
+from .conftest import SHARED_DATA, KeelEnv, payloads_in
 
 PLANTED_TYPES = {"CREDIT_CARD", "PHONE_NUMBER", "EMAIL_ADDRESS", "IBAN_CODE", "US_SSN", "STREET_ADDRESS", "PERSON"}
 
@@ -40,22 +38,6 @@ def _pii_corpus(n: int = 40) -> tuple[list[str], set[str], list[str]]:
     values = {s["entity_value"] for d in chosen for s in long_values(d)}
     names = [s["entity_value"] for d in chosen for s in long_values(d) if s["entity_type"] == "PERSON" and " " in s["entity_value"]]
     return [d["full_text"] for d in chosen], values, names[:3]
-
-
-def _payloads(msg: Message):
-    """Every Payload inside a protobuf message (a history event)."""
-    if isinstance(msg, Payload):
-        yield msg
-        return
-    for field, value in msg.ListFields():
-        if field.type != field.TYPE_MESSAGE:
-            continue
-        if isinstance(value, Message):
-            yield from _payloads(value)
-            continue
-        for item in value.values() if hasattr(value, "values") else value:  # a map or a list
-            if isinstance(item, Message):
-                yield from _payloads(item)
 
 
 async def _histories_since(client: Client, since: datetime) -> list:
@@ -99,7 +81,7 @@ async def test_no_planted_value_is_in_plaintext_at_rest_or_in_histories(keel: Ke
 
     # Not vacuous: with the keys, the same histories show the questions, and the run's blobs open.
     codec = keel.client.data_converter.payload_codec
-    opened = [p.data for e in events for p in await codec.decode(list(_payloads(e)))]
+    opened = [p.data for e in events for p in await codec.decode(list(payloads_in(e)))]
     assert set(names) <= _found(planted, opened)
     blobs = BlobStore(keel.settings.blob_dir, Keys.from_settings(keel.settings))
     stored = [blobs.get(p.name, "scan") for p in (keel.settings.blob_dir / "scan").rglob("*") if p.is_file()]
@@ -167,8 +149,8 @@ async def test_a_tenant_credential_acts_for_that_tenant_only(keel: KeelEnv, fake
 class _Forger(KeelCodec):
     """A caller that seals everything with its own key, whatever tenant it names."""
 
-    def tenant_for(self, payload):
-        return "forge-a"
+    def _chosen_tenant(self, payload):
+        return "forge-a", True
 
 
 async def test_a_forged_request_is_refused_by_the_worker_before_any_step(keel: KeelEnv, fake_llm, tmp_path):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client
 
-from keel import KeelPlugin, KeelSettings, ProviderConfig
+from keel import KeelPlugin, KeelSettings, ProviderConfig, tenants
 from keel.stack import Stack, settings_env
 from keel.testing import FakeOpenAI, Step
 from tests.conftest import CORPUS, ROOT
@@ -81,6 +81,7 @@ async def ask_and_check(client: Client, settings: KeelSettings, llm: FakeOpenAI,
 async def test_a_users_own_worker_runs_their_workflow(project, tmp_path, temporal_settings):
     with FakeOpenAI() as llm:
         settings = project_settings(tmp_path, temporal_settings, llm)
+        tenants.create(settings, "acme")  # `keel tenant create acme`: its key, and the client's credential
         env = {**os.environ, **settings_env(settings)}
         log = open(tmp_path / "worker.log", "wb")
         worker = subprocess.Popen([sys.executable, "worker.py"], cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -46,5 +46,6 @@ async def test_events_are_taken_in_order_once_each_and_deadlines_hold(temporal_s
         Seen(False, None),  # "other" never came
     ]
     # One durable timer per wait that had to wait, labelled for the UI; zero timeouts start none.
-    summaries = [e.user_metadata.summary.data.decode() for e in timers]
+    codec = env.client.data_converter.payload_codec  # labels are sealed like every payload
+    summaries = [(await codec.decode([e.user_metadata.summary]))[0].data.decode() for e in timers]
     assert summaries == ['"second note"', '"wait for other"', '"a nap"']
