@@ -205,6 +205,22 @@ async def test_persistently_invalid_answer_degrades_to_extractive(keel: KeelEnv,
     assert "invalid answer after repair" in result.degraded_reason
 
 
+@pytest.mark.parametrize("reply", [
+    '{"answer": "S1", "citations": ["S1"]}',  # a bare citation label
+    '{"answer": "Your answer is invalid. Your response should match the pattern your_name.", "citations": ["S1"]}',
+    '{"answer": "A family membership costs $38 per year.", "citations": ["S1"]}',  # a figure the source lacks
+])
+async def test_an_answer_its_sources_do_not_support_is_never_returned_as_valid(keel: KeelEnv, fake_llm, demo_corpus, reply):
+    fake_llm.script(Step.ok(reply), Step.ok(reply))  # the answer and its repair re-ask
+    result, _ = await keel.ask("How much does a family membership cost?", tenant="acme")
+    assert result.degraded and result.attempts == 2, result
+    assert result.answer != json.loads(reply)["answer"]
+    # The floor answers the question: the sentence with the price, not the chunk's first lines.
+    assert "$75" in result.answer, result.answer
+    repair = fake_llm.requests[-1]["messages"][-1]["content"]
+    assert "sources" in repair or "citation label" in repair
+
+
 async def test_rate_limit_is_retried_by_temporal(keel: KeelEnv, fake_llm, demo_corpus):
     fake_llm.script(Step.rate_limited("1"), Step.answer())
     result, handle = await keel.ask("What are the visiting hours?", tenant="acme")

@@ -26,6 +26,10 @@ class AskInput:
     use_cache: bool = True  # False: skip the cache lookup (a fresh answer still refreshes it)
     max_cost_usd: float | None = None  # per-run budget: no further LLM call once spent
     stream: bool = False  # publish the answer's tokens to this run's workflow stream (topic keel.llm)
+    # Who asks (``alice`` or ``user:alice``) and its groups: the answer comes only from documents
+    # without readers or readable by one of them. Neither: documents without readers only.
+    principal: str | None = None
+    groups: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -73,15 +77,20 @@ class AnswerQuestion:
     """scrub the question → hybrid search → the LLM chain (cache, fall-over, repair) → result.
 
     Never invents: with no relevant chunk it answers "not answerable" without calling an LLM;
-    when no provider produces a valid cited answer it returns the best chunk's opening
-    sentences, ``degraded``, with the reason.
+    when no provider produces a valid cited answer grounded in what it cites, it returns the
+    retrieved sentences that best match the question, ``degraded``, with the reason.
     """
 
     @workflow.run
     async def run(self, inp: AskInput) -> AskResult:
         workflow.upsert_search_attributes([KEEL_TENANT.value_set(inp.tenant)])
         question = await steps.scrub_pii(inp.question, policy=inp.pii)
-        found = await steps.hybrid_search(inp.tenant, question.text, settings=inp.retrieval, filters=inp.filters)
+        # The asker's permissions filter inside the index; the answer cache then only serves an
+        # answer whose cited chunks were all retrieved again here, i.e. that this asker may read.
+        found = await steps.hybrid_search(
+            inp.tenant, question.text, settings=inp.retrieval, filters=inp.filters, principal=inp.principal,
+            groups=inp.groups,
+        )
         settings = AnswerSettings(inp.prompt_version, found.embedding_model, found.settings, inp.filters)
         result = AskResult(prompts.NOT_ANSWERABLE, [], degraded=False, answerable=False, settings=settings)
         result.pii_counts = question.pii_counts
@@ -90,12 +99,22 @@ class AnswerQuestion:
         result.answerable = True
 
         ids = [h.chunk_id for h in found.hits]
+        # 0.4: answers are checked for substance (grounding) and the fallback picks the sentences
+        # that answer; runs recorded before keep their checks on replay.
+        grounded = workflow.patched("keel-grounded-answers")
+
+        def check(reply: prompts.AnswerPayload) -> list[str]:
+            errors = prompts.citation_errors(reply, found)
+            if grounded and not errors:
+                errors = prompts.grounding_errors(reply, found, question.text)
+            return errors
+
         out = await llm.complete(
             prompts.answer_messages(inp.prompt_version, question.text, found),
             prompts.AnswerPayload,
             tenant=inp.tenant,
             schema=prompts.answer_schema(len(found.hits)),
-            validate=lambda reply: prompts.citation_errors(reply, found),
+            validate=check,
             cites=lambda reply: [h.chunk_id for h in found.cited(reply.citations)],
             cache=LLMCache(key=question.text, context_ids=ids, version=inp.prompt_version, read=inp.use_cache),
             budget=RunBudget(inp.max_cost_usd) if inp.max_cost_usd is not None else None,
@@ -111,8 +130,11 @@ class AnswerQuestion:
             result.cache = out.cache.value if out.cache else None
             settings.cache_source_workflow_id, settings.cache_similarity = out.cache_source_workflow_id, out.cache_similarity
         else:
-            top = found.hits[0]
-            result.answer = prompts.extractive_answer(top.text)
+            if grounded:
+                result.answer, top = prompts.best_sentences(question.text, found.hits)
+            else:
+                top = found.hits[0]
+                result.answer = prompts.extractive_answer(top.text)
             result.citations = [Citation(top.chunk_id, top.source, top.score)]
             result.degraded, result.degraded_reason = True, out.reason
         return self._finish(result)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import enum
 import json
+import re
 import socket
 import struct
 import sys
@@ -192,6 +193,15 @@ def _last_user_text(body: dict) -> str:
     return ""
 
 
+def _sources_or_last_user_text(body: dict) -> str:
+    """The last user message showing sources (a repair re-ask answers from them too), else the
+    last user message."""
+    for message in reversed(_messages(body)):
+        if isinstance(message, dict) and message.get("role") == "user" and "[S1]" in _message_text(message):
+            return _message_text(message)
+    return _last_user_text(body)
+
+
 def _request_schema(body: dict) -> dict | None:
     fmt = body.get("response_format")
     if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
@@ -296,7 +306,7 @@ def answer_content(body: dict) -> str:
 
     With ``response_format={"type": "json_schema", "json_schema": {"schema": S}}``
     this is a JSON document satisfying ``S``: a property named ``answer`` gets the
-    first 30 words of the last user message, enums get their first value, arrays
+    first 30 words of the last user message (of its first source ``[S1]``, if it shows sources), enums get their first value, arrays
     get one item.  For ``{"type": "json_object"}`` it is ``{"answer": "fake answer"}``;
     otherwise the plain text ``"fake answer"``.
     """
@@ -306,9 +316,17 @@ def answer_content(body: dict) -> str:
         if isinstance(fmt, dict) and fmt.get("type") == "json_object":
             return json.dumps({"answer": FALLBACK_ANSWER})
         return FALLBACK_ANSWER
-    words = _last_user_text(body).split()[:ANSWER_MAX_WORDS]
+    words = _first_source(_sources_or_last_user_text(body)).split()[:ANSWER_MAX_WORDS]
     text = " ".join(words) or FALLBACK_ANSWER
     return json.dumps(_SchemaFaker(schema, text).make(schema))
+
+
+def _first_source(text: str) -> str:
+    """The text of the first numbered source (``[S1] (file)`` then its text) when the message
+    shows sources, so the fake answers from what it cites (its first citation label), as a
+    grounded model would; else the whole message."""
+    match = re.search(r"\[S1\][^\n]*\n(.*?)(?:\n\n\[S2\]|\n\nQuestion:|$)", text, re.S)
+    return match.group(1) if match else text
 
 
 _ERROR_TYPES = {
