@@ -45,7 +45,7 @@ class Runtime:
     def scrubber(self):
         from keel.ingestion.pii import PIIScrubber
 
-        return self.once("scrubber", PIIScrubber)
+        return self.once("scrubber", lambda: PIIScrubber(hash_key=self.settings.pii_hash_key))
 
     @property
     def index(self):

@@ -14,7 +14,9 @@ from temporalio import activity
 
 from keel.activities._runtime import heartbeating, runtime
 from keel.errors import KeelError, to_application_error
-from keel.types import Chunks, EmbeddingSpec, Filters, IndexResult, RetrievalSettings, SearchResult, Vectors
+from keel.types import (
+    Chunks, EmbeddingSpec, Filters, IndexResult, RetrievalSettings, SearchResult, Vectors, asker_principals,
+)
 
 
 @dataclass
@@ -27,6 +29,7 @@ class IndexDocumentInput:
     version: str = ""  # names this version: other versions of the document are removed
     tags: list[str] = field(default_factory=list)
     date: str | None = None
+    readers: list[str] = field(default_factory=list)  # principals who may read it; empty: everyone
 
 
 @activity.defn(name="keel.index_document")
@@ -45,6 +48,7 @@ def index_document(inp: IndexDocumentInput) -> IndexResult:
             vectors=vectors,
             tags=inp.tags,
             date=inp.date,
+            readers=inp.readers,
         )
     except KeelError as e:
         raise to_application_error(e) from None
@@ -67,12 +71,37 @@ def delete_document(inp: DeleteDocumentInput) -> None:
 
 
 @dataclass
+class SetReadersInput:
+    tenant: str
+    document_id: str
+    readers: list[str] = field(default_factory=list)  # empty: everyone in the tenant
+
+
+@dataclass
+class SetReadersOutput:
+    chunks: int  # points of the document updated (0: not indexed)
+
+
+@activity.defn(name="keel.set_readers")
+@heartbeating
+def set_readers(inp: SetReadersInput) -> SetReadersOutput:
+    try:
+        return SetReadersOutput(chunks=runtime().index.set_readers(inp.tenant, inp.document_id, inp.readers))
+    except KeelError as e:
+        raise to_application_error(e) from None
+
+
+@dataclass
 class SearchInput:
     tenant: str
     query: str
     settings: RetrievalSettings | None = None  # None: the worker's defaults
     filters: Filters | None = None
     embedding: EmbeddingSpec | None = None
+    # Who asks: only chunks of documents without readers, or readable by this user or one of
+    # these groups, are searched. No principal and no groups: documents without readers only.
+    principal: str | None = None
+    groups: list[str] = field(default_factory=list)
 
 
 @activity.defn(name="keel.hybrid_search")
@@ -83,7 +112,8 @@ def hybrid_search(inp: SearchInput) -> SearchResult:
     try:
         vector = rt.embedder(spec).embed_query(inp.query)
         hits = rt.index.search(
-            inp.tenant, inp.query, vector, top_k=settings.top_k, prefetch_k=settings.prefetch_k, filters=inp.filters
+            inp.tenant, inp.query, vector, top_k=settings.top_k, prefetch_k=settings.prefetch_k, filters=inp.filters,
+            principals=asker_principals(inp.principal, inp.groups),
         )
     except KeelError as e:
         raise to_application_error(e) from None
@@ -152,4 +182,6 @@ def erase_tenant_data(inp: EraseTenantInput) -> ErasedData:
     return ErasedData(index_points=points, blobs=blobs, blob_bytes=size, cache_entries=forget_cache(rt.settings, inp.tenant))
 
 
-INDEX_ACTIVITIES = [index_document, delete_document, hybrid_search, indexed_versions, index_stats, erase_tenant_data]
+INDEX_ACTIVITIES = [
+    index_document, delete_document, set_readers, hybrid_search, indexed_versions, index_stats, erase_tenant_data,
+]

@@ -35,6 +35,7 @@ class ListDocumentsInput:
     # Metadata for every listed document; a ``<file>.meta.json`` beside a file adds to it.
     tags: list[str] = field(default_factory=list)
     date: str | None = None
+    readers: list[str] = field(default_factory=list)  # who may read them (empty: everyone in the tenant)
 
 
 @dataclass
@@ -45,6 +46,7 @@ class DocumentEntry:
     size: int
     tags: list[str] = field(default_factory=list)
     date: str | None = None  # ISO date
+    readers: list[str] = field(default_factory=list)  # principals who may read it; empty: everyone
     # Names what gets indexed: the content hash, or a hash of it and the metadata when there is any.
     version: str = ""
     metadata_error: str | None = None  # an unreadable .meta.json: this document fails, typed
@@ -132,44 +134,56 @@ def list_documents(inp: ListDocumentsInput) -> Manifest:
         entry = DocumentEntry(
             path=str(path), document_id=document_id(inp.tenant, str(path)), content_hash=rt.blobs.put(data), size=len(data)
         )
-        tags, date, entry.metadata_error = document_metadata(path, inp.tags, inp.date)
-        entry.tags, entry.date = tags, date
-        entry.version = metadata_version(entry.content_hash, tags, date)
+        tags, date, entry.metadata_error, readers = document_metadata(path, inp.tags, inp.date, inp.readers)
+        entry.tags, entry.date, entry.readers = tags, date, readers
+        entry.version = metadata_version(entry.content_hash, tags, date, readers)
         entries.append(asdict(entry))
     return Manifest(key=rt.blobs.put_json(entries), count=len(entries))
 
 
-def document_metadata(path: Path, tags: list[str], date: str | None) -> tuple[list[str], str | None, str | None]:
-    """(tags, date, error) of one document: the run's metadata plus its ``.meta.json`` sidecar
-    (``{"tags": [...], "date": "YYYY-MM-DD"}``: tags are added, the date replaces the run's)."""
-    from keel.types import date_ts
+def document_metadata(
+    path: Path, tags: list[str], date: str | None, readers: list[str] | None = None
+) -> tuple[list[str], str | None, str | None, list[str]]:
+    """(tags, date, error, readers) of one document: the run's metadata plus its ``.meta.json``
+    sidecar (``{"tags": [...], "date": "YYYY-MM-DD", "readers": ["user:NAME", "group:NAME"]}``:
+    tags are added, the date replaces the run's, readers replace the run's)."""
+    from keel.types import date_ts, reader_names
 
     tags = sorted(set(tags))
     sidecar = path.with_name(path.name + META_SUFFIX)
     try:
+        readers = reader_names(readers)
         if sidecar.is_file():
             meta = json.loads(sidecar.read_text(encoding="utf-8"))
-            if not isinstance(meta, dict) or not set(meta) <= {"tags", "date"}:
-                raise ValueError('expected an object with only "tags" and "date"')
+            if not isinstance(meta, dict) or not set(meta) <= {"tags", "date", "readers"}:
+                raise ValueError('expected an object with only "tags", "date" and "readers"')
             extra = meta.get("tags", [])
             if not isinstance(extra, list) or not all(isinstance(t, str) and t for t in extra):
                 raise ValueError('"tags" must be a list of non-empty strings')
+            if not isinstance(meta.get("readers", []), list):
+                raise ValueError('"readers" must be a list of "user:NAME" or "group:NAME"')
             tags = sorted(set(tags) | set(extra))
             date = meta.get("date", date)
+            if "readers" in meta:
+                readers = reader_names(meta["readers"])
         if date is not None:
             date_ts(date)  # raises InvalidFilter on a malformed date
             date = str(date)[:10]
     except (ValueError, KeelError) as e:
-        return tags, None, f"{sidecar.name}: {e}"
-    return tags, date, None
+        return tags, None, f"{sidecar.name}: {e}", []
+    return tags, date, None, readers
 
 
-def metadata_version(content_hash: str, tags: list[str], date: str | None) -> str:
-    """The indexed version's name: new metadata on the same bytes is a new version."""
-    if not tags and not date:
+def metadata_version(content_hash: str, tags: list[str], date: str | None, readers: list[str] | None = None) -> str:
+    """The indexed version's name: new metadata on the same bytes is a new version (readers
+    included: an ingest that lists other readers re-indexes; ``set_readers`` changes them in
+    place)."""
+    if not tags and not date and not readers:
         return content_hash
-    canonical = json.dumps({"content": content_hash, "tags": tags, "date": date}, sort_keys=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    fields: dict = {"content": content_hash, "tags": tags, "date": date}
+    if readers:  # absent otherwise: versions named before readers existed keep their names
+        fields["readers"] = readers
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
 def document_id(tenant: str, path: str) -> str:
@@ -306,15 +320,23 @@ class UploadInput:
     data_b64: str  # sealed in the run's input, and nowhere else in history
     tags: list[str] = field(default_factory=list)
     date: str | None = None
+    readers: list[str] = field(default_factory=list)  # who may read it (empty: everyone in the tenant)
 
 
 @activity.defn(name="keel.store_upload")
 def store_upload(inp: UploadInput) -> DocumentEntry:
     """Put an uploaded document into the blob store; its entry, as a listed file would have."""
+    from keel.types import reader_names
+
     data = base64.b64decode(inp.data_b64)
     path = f"upload:{inp.filename}"
+    try:
+        readers = reader_names(inp.readers)
+    except KeelError as e:
+        raise to_application_error(e) from None
     entry = DocumentEntry(path, document_id(inp.tenant, path), runtime().blobs.put(data), len(data), list(inp.tags), inp.date)
-    entry.version = metadata_version(entry.content_hash, entry.tags, entry.date)
+    entry.readers = readers
+    entry.version = metadata_version(entry.content_hash, entry.tags, entry.date, readers)
     return entry
 
 

@@ -3,9 +3,10 @@
     keel up [--workers N] [--app MODULE]...   start Temporal dev server, local LLM and N workers
                                               (that also run MODULE's workflows and activities)
     keel down | keel status [--json]
-    keel ingest PATH... --tenant T [--tag TAG]... [--date YYYY-MM-DD] [--no-wait] [--json]
+    keel ingest PATH... --tenant T [--tag TAG]... [--date YYYY-MM-DD] [--allow PRINCIPAL]...
+                [--no-wait] [--json]
     keel ask "QUESTION" --tenant T [--source PATH] [--tag TAG]... [--since D] [--until D] [--json]
-             [--no-cache] [--max-cost USD]
+             [--no-cache] [--max-cost USD] [--as USER] [--group G]...
     keel stats --tenant T [--json]
     keel approvals [--tenant T] [--json]                  pending human approvals
     keel approve RUN_ID [--comment TEXT] [--approval ID] [--as USER]
@@ -112,9 +113,11 @@ async def cmd_ingest(args, settings: KeelSettings) -> int:
 
     client = await _client(settings)
     workflow_id = f"ingest-{args.tenant}-{_short_id()}"
+    ingest_input = settings.ingest_input(args.tenant, [str(Path(p).resolve()) for p in args.paths], tags=args.tag, date=args.date)
+    ingest_input.readers = args.allow
     handle = await client.start_workflow(
         IngestCorpus.run,
-        settings.ingest_input(args.tenant, [str(Path(p).resolve()) for p in args.paths], tags=args.tag, date=args.date),
+        ingest_input,
         id=workflow_id,
         task_queue=settings.task_queue,
     )
@@ -176,6 +179,7 @@ async def cmd_ask(args, settings: KeelSettings) -> int:
     ask_input = settings.ask_input(args.tenant, args.question, filters=filters)
     ask_input.use_cache, ask_input.max_cost_usd = not args.no_cache, args.max_cost
     ask_input.stream = args.stream
+    ask_input.principal, ask_input.groups = args.principal, args.group
     # On the index owner's queue the search is a local activity: one task-queue hop less.
     handle = await client.start_workflow(AnswerQuestion.run, ask_input, id=workflow_id, task_queue=settings.index_task_queue)
     if args.stream and not args.json:
@@ -412,6 +416,16 @@ def _iso_date(value: str) -> str:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {value!r}") from None
 
 
+def _reader(value: str) -> str:
+    from keel.errors import InvalidRequest
+    from keel.types import reader_names
+
+    try:
+        return reader_names([value])[0]
+    except InvalidRequest as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="keel", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -429,6 +443,11 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--tenant", required=True)
     ingest.add_argument("--tag", action="append", default=[], help="tag every document (repeatable)")
     ingest.add_argument("--date", type=_iso_date, help="the documents' date; FILE.meta.json can set tags and date per file")
+    ingest.add_argument(
+        "--allow", action="append", default=[], type=_reader, metavar="PRINCIPAL",
+        help="only this principal may read the documents, user:NAME or group:NAME (repeatable; default: everyone "
+        'in the tenant; FILE.meta.json {"readers": [...]} sets them per file)',
+    )
     ingest.add_argument("--no-wait", action="store_true", help="print the workflow id and return")
     ingest.add_argument("--json", action="store_true")
     ingest.set_defaults(func=cmd_ingest)
@@ -440,6 +459,12 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--tag", action="append", default=[], help="only documents with any of these tags")
     ask.add_argument("--since", type=_iso_date, help="only documents dated on or after YYYY-MM-DD")
     ask.add_argument("--until", type=_iso_date, help="only documents dated on or before YYYY-MM-DD")
+    ask.add_argument(
+        "--as", dest="principal", metavar="USER",
+        help="ask as this user: documents with readers are searched only if USER or one of its --group may read them "
+        "(without --as and --group: only documents without readers)",
+    )
+    ask.add_argument("--group", action="append", default=[], help="a group of the asking user (repeatable)")
     ask.add_argument("--no-cache", action="store_true", help="do not answer from the answer cache")
     ask.add_argument("--max-cost", type=float, metavar="USD", help="this run's LLM budget")
     ask.add_argument("--stream", action="store_true", help="print the answer as it is generated, then the result")

@@ -71,6 +71,13 @@ class KeelSettings(BaseSettings):
     pii_enabled: bool = True
     # 0.35 admits phone numbers without a context word (presidio scores them 0.4).
     pii_score_threshold: float = 0.35
+    # How spans are replaced: "replace" (<PERSON>), "hash" (<PERSON:3f2a9c1b>) or "mask" (****).
+    pii_operator: Literal["replace", "hash", "mask"] = "replace"
+    # "hash": the policy's salt (recorded with each run) and this deployment's secret key (not
+    # recorded) key the HMAC, so tokens are stable within a deployment and not reversible by
+    # hashing guessed names.
+    pii_hash_salt: str = ""
+    pii_hash_key: str | None = None
     ingest_concurrency: int = 8
     # Ingest reads only below these folders (resolved, symlinks included). Empty: below the paths
     # each ingest names (the CLI user's own), so a symlink inside them cannot reach further.
@@ -93,7 +100,7 @@ class KeelSettings(BaseSettings):
     llm_response_format: Literal["auto", "json_schema", "json_object"] = "auto"
     llm_port: int = 8088  # port of the local llama.cpp server started by `keel up`
     llm_start_local: bool = True  # `keel up` starts the local model server
-    prompt_version: str = "answer-v1"
+    prompt_version: str = "answer-v2"
 
     # The provider chain, tried in order (see keel/providers.py and README "LLM calls"). Empty:
     # one provider named "default" made of the llm_* settings above.
@@ -230,7 +237,12 @@ class KeelSettings(BaseSettings):
 
     @property
     def pii_policy(self) -> PIIPolicy:
-        return PIIPolicy(enabled=self.pii_enabled, score_threshold=self.pii_score_threshold)
+        return PIIPolicy(
+            enabled=self.pii_enabled,
+            score_threshold=self.pii_score_threshold,
+            operator=self.pii_operator,
+            hash_salt=self.pii_hash_salt,
+        )
 
     @property
     def embedding_spec(self) -> EmbeddingSpec:

@@ -92,6 +92,7 @@ STEP_DEFAULTS: dict[str, StepOptions] = {
     "embed": dataclasses.replace(_regular, start_to_close_timeout=timedelta(minutes=30)),
     "index_document": dataclasses.replace(_regular, start_to_close_timeout=timedelta(minutes=30), retry_policy=INDEX_RETRY),
     "delete_document": dataclasses.replace(_regular, start_to_close_timeout=timedelta(minutes=5), retry_policy=INDEX_RETRY),
+    "set_readers": dataclasses.replace(_regular, start_to_close_timeout=timedelta(minutes=5), retry_policy=INDEX_RETRY),
     # Index reads: local on the index owner's own queue (local=None), else regular on that queue.
     "indexed_versions": StepOptions(start_to_close_timeout=timedelta(minutes=2), retry_policy=INDEX_RETRY),
     "hybrid_search": StepOptions(start_to_close_timeout=timedelta(minutes=2), retry_policy=STEP_RETRY),

@@ -17,6 +17,7 @@ KEEL_COST_USD = SearchAttributeKey.for_float("KeelCostUSD")  # every attempt, fa
 KEEL_TOKENS = SearchAttributeKey.for_int("KeelTokens")
 KEEL_CACHE = SearchAttributeKey.for_keyword("KeelCache")  # "exact", "semantic" or "miss"
 KEEL_APPROVAL = SearchAttributeKey.for_keyword("KeelApproval")  # "pending" or "decided"
+KEEL_INJECTION = SearchAttributeKey.for_keyword("KeelInjection")  # "flagged": instructions found in sources or question
 
 # Name -> type, as `temporal server start-dev --search-attribute NAME=TYPE` expects them.
 SEARCH_ATTRIBUTES = {
@@ -26,4 +27,5 @@ SEARCH_ATTRIBUTES = {
     KEEL_TOKENS.name: "Int",
     KEEL_CACHE.name: "Keyword",
     KEEL_APPROVAL.name: "Keyword",
+    KEEL_INJECTION.name: "Keyword",
 }

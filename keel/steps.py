@@ -66,6 +66,7 @@ __all__ = [
     "partition",
     "read_chunks",
     "scrub_pii",
+    "set_readers",
 ]
 
 
@@ -184,6 +185,7 @@ async def index_document(
     version: str = "",
     tags: list[str] | None = None,
     date: str | None = None,
+    readers: list[str] | None = None,
     options: StepOptions | None = None,
 ) -> IndexResult:
     """Index (or replace) a document: upsert this version's chunks with their dense and BM25
@@ -192,8 +194,12 @@ async def index_document(
     :param version: names this version (default: the chunks' content key).
     :param source: what hits report as their source (default: the document id).
     :param tags: filterable tags; :param date: the document's ISO date (filterable by range).
+    :param readers: the principals who may read it (``user:NAME``, ``group:NAME``); empty:
+        everyone in the tenant. Change them later with :func:`set_readers`.
     """
-    inp = _index.IndexDocumentInput(tenant, document_id, chunks, vectors, source, version, list(tags or []), date)
+    inp = _index.IndexDocumentInput(
+        tenant, document_id, chunks, vectors, source, version, list(tags or []), date, list(readers or [])
+    )
     return await _run("index_document", _index.index_document, inp, options, index=True)
 
 
@@ -215,6 +221,19 @@ async def delete_document(tenant: str, document_id: str, *, options: StepOptions
     await _run("delete_document", _index.delete_document, _index.DeleteDocumentInput(tenant, document_id), options, index=True)
 
 
+async def set_readers(
+    tenant: str, document_id: str, readers: list[str], *, options: StepOptions | None = None
+) -> int:
+    """Replace who may read an indexed document (``user:NAME``, ``group:NAME``; empty: everyone
+    in the tenant), in place: nothing is re-embedded, the next search sees it. Returns the
+    document's chunk count (0: not indexed). A later ingest of a changed file (or of new
+    metadata) indexes the readers it lists."""
+    out = await _run(
+        "set_readers", _index.set_readers, _index.SetReadersInput(tenant, document_id, list(readers)), options, index=True
+    )
+    return out.chunks
+
+
 async def hybrid_search(
     tenant: str,
     query: str,
@@ -223,18 +242,24 @@ async def hybrid_search(
     filters: Filters | None = None,
     settings: RetrievalSettings | None = None,
     embedding: EmbeddingSpec | None = None,
+    principal: str | None = None,
+    groups: list[str] | None = None,
     options: StepOptions | None = None,
 ) -> SearchResult:
     """Dense + BM25 search inside the tenant, fused with reciprocal rank fusion, narrowed by
-    ``filters`` (source, document, tags, date range). The result records the settings used.
+    ``filters`` (source, document, tags, date range) and to what the asker may read. The result
+    records the settings used.
 
+    :param principal: the asking user (``alice`` or ``user:alice``); :param groups: its groups.
+        Only documents without readers, or whose readers include the user or one of the groups,
+        are searched (inside the index, not after it). Neither: documents without readers only.
     :param top_k: shorthand for ``settings.top_k``.
     :raises: ``MissingTenant``, ``InvalidFilter``: non-retryable.
     """
     if top_k is not None:
         base = settings or RetrievalSettings()
         settings = RetrievalSettings(top_k=top_k, prefetch_k=max(base.prefetch_k, top_k), min_relevance=base.min_relevance)
-    inp = _index.SearchInput(tenant, query, settings, filters, embedding)
+    inp = _index.SearchInput(tenant, query, settings, filters, embedding, principal, list(groups or []))
     return await _run("hybrid_search", _index.hybrid_search, inp, options, index=True)
 
 
@@ -256,12 +281,12 @@ async def index_stats(tenant: str, *, options: StepOptions | None = None) -> Ind
 
 async def list_documents(
     tenant: str, paths: list[str], *, tags: list[str] | None = None, date: str | None = None,
-    options: StepOptions | None = None,
+    readers: list[str] | None = None, options: StepOptions | None = None,
 ) -> Manifest:
     """Snapshot files and folders (on the worker) into the blob store: a manifest of
     :class:`~keel.activities.ingest.DocumentEntry` (path, document id, content hash, metadata
-    from ``FILE.meta.json`` sidecars)."""
-    inp = _ingest.ListDocumentsInput(tenant, list(paths), list(tags or []), date)
+    from ``FILE.meta.json`` sidecars; ``readers``: who may read them, unless a sidecar says)."""
+    inp = _ingest.ListDocumentsInput(tenant, list(paths), list(tags or []), date, list(readers or []))
     return await _run("list_documents", _ingest.list_documents, inp, options)
 
 

@@ -15,12 +15,13 @@ import datetime as dt
 import enum
 from dataclasses import dataclass, field
 
-from keel.errors import InvalidFilter
+from keel.errors import InvalidFilter, InvalidRequest
 
 # Identifiers of a person. Dates, places and organisations are left alone on purpose: they carry
 # the facts users ask about ("when was the lens restored?") and are not personal data on their own.
 DEFAULT_PII_ENTITIES = (
     "PERSON",
+    "STREET_ADDRESS",  # Keel's own recognizer (presidio ships none); ZIP codes and cities stay
     "EMAIL_ADDRESS",
     "PHONE_NUMBER",
     "CREDIT_CARD",
@@ -66,19 +67,46 @@ class ChunkSpec:
             raise ValueError(f"overlap_tokens ({self.overlap_tokens}) must be smaller than max_tokens ({self.max_tokens})")
 
 
+class PIIOperator(str, enum.Enum):
+    """How a detected PII span is replaced (:attr:`PIIPolicy.operator`).
+
+    >>> PIIPolicy(operator=PIIOperator("mask")).operator
+    'mask'
+    """
+
+    REPLACE = "replace"  # "<PERSON>"
+    HASH = "hash"  # "<PERSON:3f2a9c1b>": HMAC of the value, keyed per deployment and salted per policy
+    MASK = "mask"  # "***** ******": same length; cards, phones and IBANs keep their last 4 characters
+
+
 @dataclass
 class PIIPolicy:
     """What PII scrubbing removes before anything is embedded, indexed or sent to an LLM.
 
-    Detected spans become ``<ENTITY_TYPE>`` placeholders; only counts per type are kept.
+    Detected spans become ``<ENTITY_TYPE>`` placeholders by default; only counts per type are kept.
 
     :param enabled: False keeps the text as it is (e.g. public documents).
-    :param entities: presidio entity types to scrub.
+    :param entities: presidio entity types to scrub (the default includes ``STREET_ADDRESS``).
     :param score_threshold: the lowest recognizer confidence that is scrubbed.
     :param language: the text's language (the embedded default ships an English model).
+    :param operator: a :class:`PIIOperator` value: ``"replace"`` (``<PERSON>``), ``"hash"``
+        (``<PERSON:3f2a9c1b>``, the same value gives the same token under the same key and salt,
+        so mentions stay linkable without being readable) or ``"mask"`` (``****``, same length;
+        cards, phones and IBANs keep their last 4 characters).
+    :param hash_salt: mixed into ``"hash"`` tokens with the deployment's secret key (see
+        ``KeelSettings.pii_hash_key``); required for ``"hash"``, at least 16 characters.
 
     >>> PIIPolicy(entities=["EMAIL_ADDRESS"]).entities
     ['EMAIL_ADDRESS']
+    >>> "STREET_ADDRESS" in PIIPolicy().entities
+    True
+    >>> PIIPolicy(operator=PIIOperator.MASK).operator
+    'mask'
+    >>> PIIPolicy(operator="hash", hash_salt="run-2026-11-30-7f3e").operator
+    'hash'
+    >>> PIIPolicy(operator="hash")
+    Traceback (most recent call last):
+    ValueError: operator 'hash' needs a hash_salt of at least 16 characters
     >>> PIIPolicy(language="de")
     Traceback (most recent call last):
     ValueError: unknown language 'de'; allowed: en
@@ -88,9 +116,14 @@ class PIIPolicy:
     entities: list[str] = field(default_factory=lambda: list(DEFAULT_PII_ENTITIES))
     score_threshold: float = 0.35
     language: str = "en"
+    operator: str = PIIOperator.REPLACE.value
+    hash_salt: str = ""
 
     def __post_init__(self) -> None:
         _one_of(self.language, ["en"], "language")
+        self.operator = _one_of(getattr(self.operator, "value", self.operator), [o.value for o in PIIOperator], "operator")
+        if self.operator == PIIOperator.HASH.value and len(self.hash_salt) < 16:
+            raise ValueError("operator 'hash' needs a hash_salt of at least 16 characters")
 
 
 class EmbeddingModel(str, enum.Enum):
@@ -192,6 +225,40 @@ class Filters:
                 raise InvalidFilter(f"date_from {self.date_from} is after date_to {self.date_to}")
             out.append(("range", "date_ts", lo, hi))
         return out
+
+
+def reader_names(values: list[str] | tuple[str, ...] | None) -> list[str]:
+    """A document's readers, checked and sorted: principals ``user:NAME`` or ``group:NAME``.
+    Empty: every asker in the tenant may read it.
+
+    >>> reader_names(["group:hr", "user:alice", "group:hr"])
+    ['group:hr', 'user:alice']
+    >>> reader_names(["alice"])
+    Traceback (most recent call last):
+    keel.errors.InvalidRequest: a reader is 'user:NAME' or 'group:NAME', not 'alice'
+    """
+    out = set()
+    for value in values or ():
+        kind, _, name = str(value).partition(":")
+        if kind not in ("user", "group") or not name.strip():
+            raise InvalidRequest(f"a reader is 'user:NAME' or 'group:NAME', not {value!r}")
+        out.add(f"{kind}:{name.strip()}")
+    return sorted(out)
+
+
+def asker_principals(principal: str | None, groups: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """The principals an asker reads as: its user and its groups (``alice`` is ``user:alice``,
+    a group ``hr`` is ``group:hr``). Empty (no principal, no groups): only documents without
+    readers are visible.
+
+    >>> asker_principals("alice", ["hr", "group:finance"])
+    ['group:finance', 'group:hr', 'user:alice']
+    >>> asker_principals(None)
+    []
+    """
+    names = [] if not principal else [principal if ":" in principal else f"user:{principal}"]
+    names += [g if ":" in g else f"group:{g}" for g in groups or ()]
+    return reader_names(names)
 
 
 def date_ts(value: str) -> int:

@@ -22,13 +22,15 @@ async def upload_document(
     *,
     tags: list[str] | None = None,
     date: str | None = None,
+    readers: list[str] | None = None,
     settings: KeelSettings | None = None,
     wait: bool = True,
 ):
     """Ingest ``data`` as the document ``filename`` of ``tenant``: it is put into the blob store
     and goes through the same pipeline as a listed file (partition, scrub, chunk, embed, index;
     raw bytes discarded once indexed). Returns the ``IngestDocumentOutput`` (or the run's handle
-    with ``wait=False``). Uploading the same filename again replaces that document.
+    with ``wait=False``). Uploading the same filename again replaces that document. ``readers``:
+    the principals who may read it (``user:NAME``, ``group:NAME``; empty: everyone in the tenant).
 
     ``client`` needs ``KeelPlugin`` (the upload is sealed with the tenant's key). Too large a
     document fails before anything is sent:
@@ -44,6 +46,7 @@ async def upload_document(
         print(out.document_id, out.chunks)
     """
     from keel.activities.ingest import UploadInput
+    from keel.types import reader_names
     from keel.workflows.upload import IngestUpload, IngestUploadInput
 
     if len(data) > MAX_UPLOAD_BYTES:
@@ -52,7 +55,7 @@ async def upload_document(
         )
     settings = settings or KeelSettings()
     inp = settings.ingest_input(tenant, [])
-    upload = UploadInput(tenant, filename, base64.b64encode(data).decode(), list(tags or []), date)
+    upload = UploadInput(tenant, filename, base64.b64encode(data).decode(), list(tags or []), date, reader_names(readers))
     handle = await client.start_workflow(
         IngestUpload.run,
         IngestUploadInput(upload, inp.settings),

@@ -72,6 +72,7 @@ from keel.retrieval.store import (
     _require_tenant,
     chunk_records,
 )
+from keel.types import reader_names
 
 MERGE_ALL = ["*"]  # a build job: every sealed shard into one
 _UPSERT_BATCH = 64  # one update() call holds the GIL: keep it short so queries interleave
@@ -126,6 +127,9 @@ def _conditions(conditions: list[tuple]) -> list:
             out.append(_match(key, args[0]))
         elif kind == "any":
             out.append(qe.FieldCondition(key=key, match=qe.MatchAny(args[0])))
+        elif kind == "readable":  # no readers (or none stored: older points), or one of these
+            public = qe.IsEmptyCondition(key)
+            out.append(qe.Filter(should=[public, qe.FieldCondition(key=key, match=qe.MatchAny(args[0]))]) if args[0] else public)
         else:
             out.append(qe.FieldCondition(key=key, range=qe.RangeFloat(gte=args[0], lte=args[1])))
     return out
@@ -203,8 +207,9 @@ class EdgeChunkIndex:
         self._gate = threading.Lock()
         self._building: set[str] = set()  # sealed shards being rebuilt by a compaction
         self._serve = _RWLock()  # queries (shared) vs swapping the shard list (exclusive)
-        # (tenant, stored document id or None: the whole tenant) deleted during a build
-        self._journal: list[tuple[str, str | None]] | None = None
+        # During a build, what changed in its input shards, replayed on the built copy in order:
+        # (tenant, stored document id or None: the whole tenant, None: deleted | payload set)
+        self._journal: list[tuple[str, str | None, dict | None]] | None = None
         # Build jobs (lists of sealed shard names; MERGE_ALL = every sealed shard), run one at a
         # time by the builder thread. Persisted in the manifest ("pending") across restarts.
         self._jobs: list[list[str]] = []
@@ -309,6 +314,7 @@ class EdgeChunkIndex:
         vectors: np.ndarray,
         tags: list[str] | tuple[str, ...] = (),
         date: str | None = None,
+        readers: list[str] | tuple[str, ...] = (),
     ) -> tuple[int, int]:
         """Upsert this version's chunks into the active shard, then delete every other version.
 
@@ -319,7 +325,7 @@ class EdgeChunkIndex:
         codec = point_codec(self.keys, tenant)
         records = chunk_records(
             tenant=tenant, document_id=document_id, source=source, content_hash=content_hash, chunks=chunks,
-            vectors=vectors, tags=tags, date=date, codec=codec,
+            vectors=vectors, tags=tags, date=date, readers=readers, codec=codec,
         )
         points = [
             qe.Point(r.id, {DENSE: r.vector, KEYWORD: qe.SparseVector(r.keyword.indices, r.keyword.values)}, r.payload)
@@ -341,6 +347,27 @@ class EdgeChunkIndex:
             self._start_builder()
         return len(points), removed
 
+    def set_readers(self, tenant: str, document_id: str, readers: list[str] | tuple[str, ...]) -> int:
+        """Replace who may read a document in every shard holding it (nothing is re-embedded);
+        how many points it has. A build running meanwhile replays it on its copy before the swap."""
+        qe = _qe()
+        _require_tenant(tenant)
+        codec = point_codec(self.keys, tenant)
+        stored_id = codec.lookup("document_id", document_id)
+        payload = {"readers": codec.store_readers(reader_names(readers))}
+        document = qe.Filter(must=[_match("tenant", tenant), _match("document_id", stored_id)])
+        found = 0
+        with self._writer():
+            for name in [self.active, *self.sealed]:
+                shard = self.shards[name]
+                count = shard.count(qe.CountRequest(exact=True, filter=document))
+                if count:
+                    found += count
+                    shard.update(qe.UpdateOperation.set_payload_by_filter(document, payload))
+                    if self._journal is not None and name in self._building:
+                        self._journal.append((tenant, stored_id, payload))
+        return found
+
     def _delete_from_sealed(self, selector, tenant: str, document_id: str | None, stale=None) -> int:
         """Remove every copy of the document (``document_id``: its stored form; ``None``: every
         document of the tenant) from the sealed shards. Returns how many points were removed
@@ -356,7 +383,7 @@ class EdgeChunkIndex:
                 removed += shard.count(qe.CountRequest(exact=True, filter=stale)) if stale is not None else found
                 shard.update(qe.UpdateOperation.delete_points_by_filter(selector))
                 if self._journal is not None and name in self._building:  # the copy still has it
-                    self._journal.append((tenant, document_id))
+                    self._journal.append((tenant, document_id, None))
         return removed
 
     def _writer(self):
@@ -406,10 +433,14 @@ class EdgeChunkIndex:
         top_k: int = 5,
         prefetch_k: int = 40,
         filters: Filters | None = None,
+        principals: list[str] | tuple[str, ...] = (),
     ) -> list[SearchHit]:
-        """Dense and BM25 candidates from every shard, fused with RRF, inside one tenant."""
+        """Dense and BM25 candidates from every shard, fused with RRF, inside one tenant, among
+        the chunks ``principals`` may read (as :meth:`keel.retrieval.store.ChunkIndex.search`)."""
         _require_tenant(tenant)
-        return self._search(tenant, query, query_vector, top_k=top_k, prefetch_k=prefetch_k, filters=filters)
+        return self._search(
+            tenant, query, query_vector, top_k=top_k, prefetch_k=prefetch_k, filters=filters, principals=list(principals)
+        )
 
     def _search(
         self,
@@ -421,12 +452,14 @@ class EdgeChunkIndex:
         prefetch_k: int,
         filters: Filters | None = None,
         keyword: bool = True,
+        principals: list[str] | None = None,
     ) -> list[SearchHit]:
-        """``tenant=None`` / ``query_vector=None`` / ``keyword=False`` exist for benchmarks only."""
+        """``tenant=None`` / ``query_vector=None`` / ``keyword=False`` / ``principals=None`` (no
+        permission condition) exist for benchmarks only."""
         qe = _qe()
         # tenant=None (benchmarks): no tenant key to hash terms or filter values with; in clear.
         codec = point_codec(self.keys, tenant) if tenant else PointCodec("")
-        conditions = ([_match("tenant", tenant)] if tenant else []) + _conditions(codec.conditions(filters))
+        conditions = ([_match("tenant", tenant)] if tenant else []) + _conditions(codec.conditions(filters, principals))
         flt = qe.Filter(must=conditions) if conditions else None
         requests = []
         if query_vector is not None:
@@ -636,10 +669,13 @@ class EdgeChunkIndex:
             timing["load_s"] = round(time.perf_counter() - t2, 3)
             qe = _qe()
             with self._maintenance():
-                for tenant, document_id in self._journal or []:
+                for tenant, document_id, payload in self._journal or []:
                     document = [_match("document_id", document_id)] if document_id is not None else []
                     flt = qe.Filter(must=[_match("tenant", tenant), *document])
-                    built.update(qe.UpdateOperation.delete_points_by_filter(flt))
+                    if payload is None:
+                        built.update(qe.UpdateOperation.delete_points_by_filter(flt))
+                    else:
+                        built.update(qe.UpdateOperation.set_payload_by_filter(flt, payload))
                 timing["journal_replayed"] = len(self._journal or [])
                 self._journal = None
                 self._building = set()

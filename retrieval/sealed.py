@@ -7,7 +7,8 @@ point of a tenant with keys holds:
   sealed together (AES-256-GCM) under the tenant's ``index`` key, opened after retrieval;
 * keyed hashes (HMAC under the tenant's first ``index`` key, so rotation never orphans a point)
   of the values filters, replaces and deletes match exactly: ``document_id``, ``source``,
-  ``content_hash``, ``tags``. A plain hash would let whoever reads the files confirm a guess
+  ``content_hash``, ``tags``, ``readers`` (principals allowed to read the document). A plain
+  hash would let whoever reads the files confirm a guess
   ("is there a ``hr/jane-roe.pdf``?");
 * BM25 term ids as keyed hashes too: ``crc32(word)`` is one dictionary pass away from the word.
   The ids differ per tenant, so the engine's IDF counts the tenant's own chunks only (the
@@ -47,7 +48,8 @@ from keel.types import Filters
 
 PURPOSE = "index"
 SEALED = "sealed"  # the payload field holding the sealed values
-HASHED_FIELDS = ("document_id", "source", "content_hash")  # matched exactly; "tags" is a list of them
+HASHED_FIELDS = ("document_id", "source", "content_hash")  # matched exactly
+LIST_FIELDS = ("tags", "readers")  # lists of values matched exactly
 SEALED_FIELDS = ("document_id", "source", "content_hash", "section", "text", "date")
 _NAMESPACE = uuid.UUID("6f1f6f5e-4b1c-4a36-9a55-6b8f6e0b2c11")
 
@@ -75,9 +77,19 @@ class PointCodec:
     def store(self, payload: dict[str, Any]) -> dict[str, Any]:
         return payload
 
-    def conditions(self, filters: Filters | None) -> list[tuple]:
-        """``filters``' backend-neutral conditions, in the stored form of their values."""
+    def store_readers(self, readers: list[str]) -> list[str]:
+        """The stored form of a document's ``readers`` field."""
+        return [self.lookup("readers", r) for r in readers]
+
+    def conditions(self, filters: Filters | None, principals: list[str] | None = None) -> list[tuple]:
+        """``filters``' backend-neutral conditions, in the stored form of their values.
+
+        ``principals`` (the asker's, :func:`keel.types.asker_principals`): a last condition
+        ``("readable", "readers", values)``: a point without readers, or with one of these.
+        ``None``: no permission condition (callers that see everything: benchmarks, admin)."""
         out: list[tuple] = []
+        if principals is not None:
+            out.append(("readable", "readers", [self.lookup("readers", p) for p in principals]))
         for kind, key, *args in (filters or Filters()).conditions():
             if kind == "match":
                 out.append((kind, key, self.lookup(key, args[0])))
@@ -120,7 +132,9 @@ class SealedPointCodec(PointCodec):
     def store(self, payload: dict[str, Any]) -> dict[str, Any]:
         stored = {k: v for k, v in payload.items() if k not in SEALED_FIELDS}
         stored.update({f: self.lookup(f, payload[f]) for f in HASHED_FIELDS})
-        stored["tags"] = [self.lookup("tags", t) for t in payload.get("tags", [])]
+        for f in LIST_FIELDS:
+            if f in payload:
+                stored[f] = [self.lookup(f, v) for v in payload[f]]
         secret = {f: payload[f] for f in SEALED_FIELDS if f in payload}
         stored[SEALED] = seal_text(self.keys, self.tenant, PURPOSE, json.dumps(secret, ensure_ascii=False))
         return stored

@@ -2,8 +2,12 @@
 
 Backends: an embedded store (``QdrantClient(path=...)``, one process only) or a Qdrant server
 (``url=``); the code path is the same. Every query is filtered by tenant; a query without one is
-rejected. Point ids are derived from (tenant, document, content hash, chunk index), so an
-upsert retried after a crash writes the same points again instead of duplicating them.
+rejected, and narrowed to what the asker may read: a document's ``readers`` (principals
+``user:NAME``/``group:NAME``; none: everyone in the tenant) are a payload field every query
+matches against the asker's principals inside the engine (:meth:`ChunkIndex.search`), and
+:meth:`ChunkIndex.set_readers` changes them in place. Point ids are derived from (tenant,
+document, content hash, chunk index), so an upsert retried after a crash writes the same points
+again instead of duplicating them.
 
 With ``keys`` (encryption on), a point's document text is sealed with its tenant's ``index`` key
 and its filter values and term ids are keyed hashes (:mod:`keel.retrieval.sealed`).
@@ -20,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from keel.errors import MissingTenant
-from keel.types import Filters, SearchHit, date_ts
+from keel.types import Filters, SearchHit, date_ts, reader_names
 from keel.retrieval.keyword import SparseTerms, bm25_document_vector, bm25_query_vector
 from keel.retrieval.sealed import PointCodec, open_payload, point_codec
 
@@ -33,7 +37,7 @@ KEYWORD = "bm25"
 # k=20 0.719, k=10 0.723, with stemmed BM25 and prefetch_k=40.
 RRF_K = 20
 # Payload indexes besides the tenant (both backends): what deletes, version checks and filters use.
-KEYWORD_FIELDS = ("document_id", "content_hash", "source", "tags")
+KEYWORD_FIELDS = ("document_id", "content_hash", "source", "tags", "readers")
 INTEGER_FIELDS = ("chunk_index", "date_ts")
 
 
@@ -57,15 +61,17 @@ def chunk_records(
     vectors: np.ndarray,
     tags: list[str] | tuple[str, ...] = (),
     date: str | None = None,
+    readers: list[str] | tuple[str, ...] = (),
     codec: PointCodec | None = None,
 ) -> list[ChunkRecord]:
     """The points of one document version; ``codec`` (the tenant's, default: in clear) decides
-    what of them is stored sealed or hashed."""
+    what of them is stored sealed or hashed. ``readers``: the principals allowed to read it
+    (:func:`keel.types.reader_names`; empty: everyone in the tenant)."""
     _require_tenant(tenant)
     if len(chunks) != len(vectors):
         raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
     codec = codec or PointCodec(tenant)
-    metadata: dict = {"tags": sorted(set(tags))}
+    metadata: dict = {"tags": sorted(set(tags)), "readers": reader_names(readers)}
     if date:
         metadata.update(date=str(date)[:10], date_ts=date_ts(date))
     return [
@@ -171,6 +177,7 @@ class ChunkIndex:
         vectors: np.ndarray,
         tags: list[str] | tuple[str, ...] = (),
         date: str | None = None,
+        readers: list[str] | tuple[str, ...] = (),
     ) -> tuple[int, int]:
         """Upsert this version's chunks, then delete chunks of any other version of the document.
 
@@ -183,7 +190,7 @@ class ChunkIndex:
         codec = point_codec(self.keys, tenant)
         records = chunk_records(
             tenant=tenant, document_id=document_id, source=source, content_hash=content_hash, chunks=chunks,
-            vectors=vectors, tags=tags, date=date, codec=codec,
+            vectors=vectors, tags=tags, date=date, readers=readers, codec=codec,
         )
         points = [
             models.PointStruct(id=r.id, vector={DENSE: r.vector, KEYWORD: _sparse(r.keyword)}, payload=r.payload)
@@ -200,6 +207,23 @@ class ChunkIndex:
         if removed:
             self.client.delete(self.collection, points_selector=models.FilterSelector(filter=stale), wait=True)
         return len(points), removed
+
+    @_locked
+    def set_readers(self, tenant: str, document_id: str, readers: list[str] | tuple[str, ...]) -> int:
+        """Replace who may read a document (every point of it; nothing is re-embedded); how many
+        points it has. The next search sees the change."""
+        from qdrant_client import models
+
+        _require_tenant(tenant)
+        codec = point_codec(self.keys, tenant)
+        stored = codec.store_readers(reader_names(readers))
+        document = models.Filter(
+            must=[_match("tenant", tenant), _match("document_id", codec.lookup("document_id", document_id))]
+        )
+        found = self.client.count(self.collection, count_filter=document, exact=True).count
+        if found:
+            self.client.set_payload(self.collection, payload={"readers": stored}, points=document, wait=True)
+        return found
 
     @_locked
     def delete_document(self, tenant: str, document_id: str) -> None:
@@ -237,14 +261,18 @@ class ChunkIndex:
         top_k: int = 5,
         prefetch_k: int = 40,
         filters: Filters | None = None,
+        principals: list[str] | tuple[str, ...] = (),
     ) -> list[SearchHit]:
         """Dense and BM25 candidates fused with reciprocal rank fusion, inside one tenant and
-        narrowed by ``filters``."""
+        narrowed by ``filters``, among the chunks ``principals`` (the asker's user and groups,
+        :func:`keel.types.asker_principals`) may read: documents without readers, or with one
+        of them. No principals: documents without readers only."""
         from qdrant_client import models
 
         _require_tenant(tenant)
         codec = point_codec(self.keys, tenant)
-        tenant_filter = models.Filter(must=[_match("tenant", tenant)] + _client_conditions(codec.conditions(filters)))
+        conditions = codec.conditions(filters, principals=list(principals))
+        tenant_filter = models.Filter(must=[_match("tenant", tenant)] + _client_conditions(conditions))
         prefetch = [models.Prefetch(query=query_vector.tolist(), using=DENSE, limit=prefetch_k, filter=tenant_filter)]
         keyword = bm25_query_vector(query, term_ids=codec.term_id)
         if keyword.indices:
@@ -319,6 +347,12 @@ def _client_conditions(conditions: list[tuple]) -> list:
             out.append(_match(key, args[0]))
         elif kind == "any":
             out.append(models.FieldCondition(key=key, match=models.MatchAny(any=args[0])))
+        elif kind == "readable":  # no readers (or none stored: older points), or one of these
+            public = models.IsEmptyCondition(is_empty=models.PayloadField(key=key))
+            if not args[0]:
+                out.append(public)
+            else:
+                out.append(models.Filter(should=[public, models.FieldCondition(key=key, match=models.MatchAny(any=args[0]))]))
         else:
             out.append(models.FieldCondition(key=key, range=models.Range(gte=args[0], lte=args[1])))
     return out

@@ -86,9 +86,9 @@ def scripted_answer(text: str) -> Step:
 
 async def test_a_repeated_question_is_a_cache_hit_visible_as_its_own_run(env, fake_providers):
     primary, _ = fake_providers
-    primary.script(scripted_answer("It was first lit on 1 November 1868."))
+    primary.script(Step.answer())  # an answer from its first source: grounded
     first, first_handle = await ask(env, "cache-a", use_cache=True)
-    assert first.cache is None and first.provider == "primary" and first.cost_usd > 0
+    assert first.cache is None and first.provider == "primary" and first.cost_usd > 0 and not first.degraded
     again, handle = await ask(env, "cache-a", use_cache=True)
     assert len(primary.requests) == 1  # no LLM call
     assert again.cache == "exact" and again.answer == first.answer and again.citations == first.citations
@@ -103,37 +103,41 @@ async def test_a_repeated_question_is_a_cache_hit_visible_as_its_own_run(env, fa
 
 async def test_a_near_identical_question_is_a_semantic_hit(env, fake_providers):
     primary, _ = fake_providers
-    primary.script(scripted_answer("In 1996, in the Old Customs House."))
-    await ask(env, "cache-a", "When did the Keepers' Archive open?", use_cache=True)
+    primary.script(Step.answer())  # an answer from its first source: grounded
+    first, _ = await ask(env, "cache-a", "When did the Keepers' Archive open?", use_cache=True)
     result, _ = await ask(env, "cache-a", "when did the keepers archive open", use_cache=True)
-    assert len(primary.requests) == 1
-    assert result.cache == "semantic" and result.answer == "In 1996, in the Old Customs House."
+    assert len(primary.requests) == 1 and first.cache is None and not first.degraded
+    assert result.cache == "semantic" and result.answer == first.answer
     assert result.settings.cache_similarity >= env.settings.semantic_cache_threshold
 
 
 async def test_the_cache_never_serves_one_tenants_answer_to_another(env, fake_providers):
     primary, _ = fake_providers
-    primary.script(scripted_answer("Tenant A's answer."), scripted_answer("Tenant B's answer."))
+    # Two different answers, each supported by the source (answers are checked for grounding).
+    primary.script(scripted_answer("There were 41 founding members."), scripted_answer("The co-op had 41 founding members."))
     question = "How many founding members did the cooperative have?"
     a, _ = await ask(env, "cache-a", question, use_cache=True)
     b, _ = await ask(env, "cache-b", question, use_cache=True)  # same document, same question
-    assert a.answer == "Tenant A's answer." and b.answer == "Tenant B's answer."
+    assert a.answer == "There were 41 founding members." and b.answer == "The co-op had 41 founding members."
     assert b.cache is None and len(primary.requests) == 2
     a_again, _ = await ask(env, "cache-a", question, use_cache=True)
     b_again, _ = await ask(env, "cache-b", question, use_cache=True)
-    assert (a_again.answer, a_again.cache) == ("Tenant A's answer.", "exact")
-    assert (b_again.answer, b_again.cache) == ("Tenant B's answer.", "exact")
+    assert (a_again.answer, a_again.cache) == ("There were 41 founding members.", "exact")
+    assert (b_again.answer, b_again.cache) == ("The co-op had 41 founding members.", "exact")
 
 
 async def test_no_cache_bypasses_the_lookup_and_refreshes_the_entry(env, fake_providers):
     primary, _ = fake_providers
-    primary.script(scripted_answer("Old answer."), scripted_answer("Fresh answer."))
+    primary.script(
+        scripted_answer("A reef that had wrecked at least nineteen vessels."),
+        scripted_answer("A reef that had wrecked at least nineteen vessels between 1840 and 1866."),
+    )
     question = "Which reef had wrecked at least nineteen vessels?"
     await ask(env, "cache-a", question, use_cache=True)
     fresh, _ = await ask(env, "cache-a", question, use_cache=False)
-    assert fresh.cache is None and fresh.answer == "Fresh answer." and len(primary.requests) == 2
+    assert fresh.cache is None and fresh.answer == "A reef that had wrecked at least nineteen vessels between 1840 and 1866." and len(primary.requests) == 2
     cached, _ = await ask(env, "cache-a", question, use_cache=True)
-    assert cached.cache == "exact" and cached.answer == "Fresh answer."
+    assert cached.cache == "exact" and cached.answer == "A reef that had wrecked at least nineteen vessels between 1840 and 1866."
 
 
 async def test_degraded_answers_are_not_cached(env, fake_providers):

@@ -9,9 +9,9 @@ from temporalio.contrib.workflow_streams import WorkflowStream
 
 with workflow.unsafe.imports_passed_through():
     from keel import llm, steps
-    from keel.llm import prompts
+    from keel.llm import injection, prompts
     from keel.llm.types import LLMCache, PolicyDecision, ProviderAttempt, RunBudget, Usage
-    from keel.search_attributes import KEEL_CACHE, KEEL_COST_USD, KEEL_MODEL, KEEL_TENANT, KEEL_TOKENS
+    from keel.search_attributes import KEEL_CACHE, KEEL_COST_USD, KEEL_INJECTION, KEEL_MODEL, KEEL_TENANT, KEEL_TOKENS
     from keel.types import Filters, PIIPolicy, RetrievalSettings
 
 
@@ -70,6 +70,7 @@ class AskResult:
     cost_usd: float = 0.0  # of every attempt, failed ones included
     cache: str | None = None  # CacheHit value when the answer came from the cache
     decisions: list[PolicyDecision] = field(default_factory=list)  # budget and breaker decisions
+    injection: list[str] = field(default_factory=list)  # rules that found instructions (keel/llm/injection.py)
 
 
 @workflow.defn(sandboxed=False)
@@ -102,12 +103,20 @@ class AnswerQuestion:
         # 0.4: answers are checked for substance (grounding) and the fallback picks the sentences
         # that answer; runs recorded before keep their checks on replay.
         grounded = workflow.patched("keel-grounded-answers")
+        findings = []
+        if workflow.patched("keel-injection-defence"):
+            # Instructions hidden in the chunks never reach the model; found ones arm the check.
+            found, findings = injection.guard(question.text, found)
+            if findings:
+                result.injection = sorted({f.rule for f in findings})
+                workflow.upsert_search_attributes([KEEL_INJECTION.value_set("flagged")])
+        system_prompt = prompts.PROMPTS.get(inp.prompt_version, "")
 
         def check(reply: prompts.AnswerPayload) -> list[str]:
             errors = prompts.citation_errors(reply, found)
             if grounded and not errors:
                 errors = prompts.grounding_errors(reply, found, question.text)
-            return errors
+            return errors + injection.output_errors(reply.answer, system_prompt, findings)
 
         out = await llm.complete(
             prompts.answer_messages(inp.prompt_version, question.text, found),

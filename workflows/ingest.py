@@ -81,6 +81,9 @@ class IngestCorpusInput:
     tags: list[str] = field(default_factory=list)
     date: str | None = None
     settings: IngestSettings = field(default_factory=IngestSettings)
+    # Principals who may read the documents (``user:NAME``, ``group:NAME``; a sidecar's
+    # "readers" replace them per file). Empty: everyone in the tenant.
+    readers: list[str] = field(default_factory=list)
     # Set by the workflow itself when it continues as new.
     manifest: Manifest | None = None
     offset: int = 0
@@ -111,7 +114,7 @@ class IngestDocument:
             # No schedule-to-close timeout: if the index owner is down, the write waits for it.
             await steps.index_document(
                 inp.tenant, doc.document_id, chunks, vectors,
-                source=doc.path, version=doc.indexed_version, tags=doc.tags, date=doc.date,
+                source=doc.path, version=doc.indexed_version, tags=doc.tags, date=doc.date, readers=doc.readers,
             )
             # Personal data the scrubber saw is kept only as long as it is needed.
             if s.raw_retention == "delete" and workflow.patched("keel-discard-raw"):
@@ -147,7 +150,9 @@ class IngestCorpus:
         self._summary = inp.summary or self._summary
         manifest = inp.manifest
         if manifest is None:
-            manifest = await steps.list_documents(inp.tenant, inp.paths, tags=inp.tags, date=inp.date)
+            manifest = await steps.list_documents(
+                inp.tenant, inp.paths, tags=inp.tags, date=inp.date, readers=inp.readers
+            )
             self._summary.total = manifest.count
 
         page = await steps.manifest_page(manifest, inp.offset, inp.documents_per_run)
