@@ -115,7 +115,7 @@ async def run(config: str, limit: int) -> dict:
                 valid += model_valid
                 right += correct(result.answer, facts)
                 ungrounded += model_valid and not correct(result.answer, facts)
-                print(f"{config} {question!r}: {result.answer!r} degraded={result.degraded}", file=sys.stderr)
+                print(f"{config} {question!r}: {result.answer!r} degraded={result.degraded} ({result.degraded_reason})", file=sys.stderr)
             n = len(questions)
             return {
                 "model": settings.llm_model if config == "default" else "extractive",
