@@ -596,7 +596,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif kind is Fault.SCHEMA_VIOLATION:
             content = dict(SCHEMA_VIOLATION_CONTENT)
         elif tool is not None:  # ANSWER, HANG, SLOW_STREAM
-            words = _last_user_text(body).split()[:ANSWER_MAX_WORDS]
+            words = _first_source(_sources_or_last_user_text(body)).split()[:ANSWER_MAX_WORDS]
             schema = tool.get("input_schema") or {}
             content = _SchemaFaker(schema, " ".join(words) or FALLBACK_ANSWER).make(schema)
         else:
