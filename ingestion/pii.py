@@ -213,7 +213,7 @@ def _recognizers() -> list[Any]:
             Pattern(
                 "postcode street number",
                 # (not a date: "1 November 1868")
-                rf"(?<![\w.\-])\d{{1,6}}[ \t]+(?!{_MONTHS}\b)(?-i:{_NAME})(?:[ \t]+[^\W\d_][\w'\-.]*){{0,2}}[ \t]+\d{{1,5}}\w?\b\.?{_TAIL}",
+                rf"(?<![\w.\-$€£])\d{{1,6}}[ \t]+(?!(?:{_MONTHS}|under|over|and|or|to|per|from|for|in|at|of)\b)(?-i:{_NAME})(?:[ \t]+[^\W\d_][\w'\-.]*){{0,2}}[ \t]+\d{{1,5}}\w?\b\.?{_TAIL}",
                 0.9,
             ),
             # "Parijsstraat 8", "Ringvej 144", "Þórunnarstræti 31"

@@ -6,7 +6,7 @@
     keel ingest PATH... --tenant T [--tag TAG]... [--date YYYY-MM-DD] [--allow PRINCIPAL]...
                 [--no-wait] [--json]
     keel ask "QUESTION" --tenant T [--source PATH] [--tag TAG]... [--since D] [--until D] [--json]
-             [--no-cache] [--max-cost USD] [--as USER] [--group G]...
+             [--no-cache] [--max-cost USD] [--as USER] [--group G]... [--judge]
     keel stats --tenant T [--json]
     keel approvals [--tenant T] [--json]                  pending human approvals
     keel approve RUN_ID [--comment TEXT] [--approval ID] [--as USER]
@@ -180,6 +180,7 @@ async def cmd_ask(args, settings: KeelSettings) -> int:
     ask_input.use_cache, ask_input.max_cost_usd = not args.no_cache, args.max_cost
     ask_input.stream = args.stream
     ask_input.principal, ask_input.groups = args.principal, args.group
+    ask_input.judge = ask_input.judge or args.judge
     # On the index owner's queue the search is a local activity: one task-queue hop less.
     handle = await client.start_workflow(AnswerQuestion.run, ask_input, id=workflow_id, task_queue=settings.index_task_queue)
     if args.stream and not args.json:
@@ -468,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--no-cache", action="store_true", help="do not answer from the answer cache")
     ask.add_argument("--max-cost", type=float, metavar="USD", help="this run's LLM budget")
     ask.add_argument("--stream", action="store_true", help="print the answer as it is generated, then the result")
+    ask.add_argument("--judge", action="store_true", help="also ask the LLM chain whether the sources support the answer")
     ask.add_argument("--json", action="store_true")
     ask.set_defaults(func=cmd_ask)
 
@@ -516,6 +518,13 @@ def build_parser() -> argparse.ArgumentParser:
     gc = sub.add_parser("gc", help="delete blobs no run has used for a while")
     gc.add_argument("--older-than-days", type=float, default=30.0, metavar="N")
     gc.set_defaults(func=cmd_gc)
+
+    # Operations (runs, redrive, replay, schedules) and evaluations (eval, whatif) live in their
+    # own modules; each adds its subcommands here.
+    from keel import evaluation, ops
+
+    ops.register(sub)
+    evaluation.register(sub)
     return parser
 
 

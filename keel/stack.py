@@ -44,6 +44,16 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+def port_free(host: str, port: int) -> bool:
+    """True if nothing listens on ``host:port`` and it can be bound."""
+    try:
+        with socket.socket() as s:
+            s.bind((host, port))
+            return True
+    except OSError:
+        return False
+
+
 def wait_for_port(host: str, port: int, what: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -209,11 +219,41 @@ class Stack:
         processes = [asdict(p) for p in self.running()]
         for p in processes:
             p["cmd"] = [re.sub(r"^(https?://.*/t/)[^/]+$", r"\1<token>", arg) for arg in p["cmd"]]
+        metrics = self.metrics_urls()
         return {
             "processes": processes,
             "ui_url": self.settings.ui_url,
             "codec_url": self.codec_url(),
+            "metrics_url": metrics[0] if metrics else None,
+            "metrics_urls": metrics,
         }
+
+    def metrics_urls(self) -> list[str]:
+        """The Prometheus endpoints of the running workers (each has its own port)."""
+        return [self._metrics_url(port) for port in self._worker_metrics_ports(self.running())]
+
+    def _metrics_url(self, port: int) -> str:
+        return f"http://{self.settings.metrics_host}:{port}/metrics"
+
+    @staticmethod
+    def _worker_metrics_ports(procs: list[Process]) -> list[int]:
+        ports = []
+        for p in procs:
+            if p.role == "worker" and "--metrics-port" in p.cmd:
+                port = int(p.cmd[p.cmd.index("--metrics-port") + 1])
+                if port:
+                    ports.append(port)
+        return ports
+
+    def _next_metrics_port(self, taken: set[int]) -> int:
+        """A free port from ``metrics_port`` up, for the next worker's endpoint (0: none)."""
+        port = self.settings.metrics_port
+        if not port:
+            return 0
+        while port in taken or not port_free(self.settings.metrics_host, port):
+            port += 1
+        taken.add(port)
+        return port
 
     @property
     def starts_codec_server(self) -> bool:
@@ -291,7 +331,7 @@ class Stack:
             else:
                 cmd = [
                     sys.executable, "-m", "llama_cpp.server",
-                    "--model", str(smollm2_model_path()), "--model_alias", local.model,
+                    "--model", s.llm_model_file or str(smollm2_model_path()), "--model_alias", local.model,
                     "--host", llm.hostname, "--port", str(llm.port),
                     "--n_ctx", "4096", "--n_threads", str(max(1, (os.cpu_count() or 2))),
                 ]
@@ -308,16 +348,21 @@ class Stack:
 
         current = [p for p in procs if p.role == "worker"]
         has_index_owner = any("--index" in p.cmd for p in current)
+        taken_ports = set(self._worker_metrics_ports(current))
         for i in range(len(current), workers):
             # With an embedded store exactly one worker owns the index; with a server, all can.
             owns_index = not s.embedded_index or not has_index_owner
             cmd = [sys.executable, "-m", "keel.worker"] + (["--index"] if owns_index else [])
             cmd += [arg for app in apps for arg in ("--app", app)]
+            cmd += ["--metrics-port", str(self._next_metrics_port(taken_ports))]
             has_index_owner = has_index_owner or owns_index
             p, _ = self._spawn("worker", cmd, f"worker-{i}")
             procs.append(p)
             self._save(procs)
         say(f"Workers: {workers} running (logs in {self.log_dir})")
+        metrics = self.metrics_urls()
+        if metrics:
+            say("Metrics: " + ", ".join(metrics))
         return procs
 
     def down(self, *, say=print, timeout: float = 20) -> None:

@@ -7,6 +7,8 @@ with the same ``Stack`` code that ``keel up`` uses.
 
 from __future__ import annotations
 
+import dataclasses
+
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,10 +87,10 @@ class KeelEnv:
     async def ingest(self, paths: list[Path | str], tenant: str, **metadata) -> IngestSummary:
         return await (await self.start_ingest(paths, tenant, **metadata)).result()
 
-    async def ask(self, question: str, tenant: str, filters=None) -> tuple[AskResult, WorkflowHandle]:
+    async def ask(self, question: str, tenant: str, filters=None, **overrides) -> tuple[AskResult, WorkflowHandle]:
         handle = await self.client.start_workflow(
             AnswerQuestion.run,
-            self.settings.ask_input(tenant, question, filters=filters),
+            dataclasses.replace(self.settings.ask_input(tenant, question, filters=filters), **overrides),
             id=self.workflow_id("ask"),
             task_queue=self.settings.index_task_queue,  # as `keel ask` does: the search runs locally
         )

@@ -221,6 +221,24 @@ async def test_an_answer_its_sources_do_not_support_is_never_returned_as_valid(k
     assert "sources" in repair or "citation label" in repair
 
 
+async def test_the_optional_judge_vetoes_an_answer_its_sources_do_not_support(keel: KeelEnv, fake_llm, demo_corpus):
+    question = "How much does a family membership cost?"
+    # Supported: the answer stands, after one answer and one judge request.
+    fake_llm.script(Step.answer(), Step.ok('{"supported": true, "reason": "stated in the source"}'))
+    result, _ = await keel.ask(question, tenant="acme", judge=True, use_cache=False)
+    assert not result.degraded and len(fake_llm.requests) == 2, result
+    judged = fake_llm.requests[-1]["messages"]
+    assert "check answers against sources" in judged[0]["content"] and "<answer>" in judged[1]["content"]
+
+    # Unsupported twice (the answer, its repair): the floor answers instead.
+    fake_llm.clear()
+    veto = Step.ok('{"supported": false, "reason": "the sources do not say this"}')
+    fake_llm.script(Step.answer(), veto, Step.answer(), veto)
+    result, _ = await keel.ask(question, tenant="acme", judge=True, use_cache=False)
+    assert result.degraded and "reviewer found the answer unsupported" in result.degraded_reason, result
+    assert len(fake_llm.requests) == 4 and "$75" in result.answer
+
+
 async def test_instructions_hidden_in_a_document_never_reach_the_model_and_are_recorded(keel: KeelEnv, fake_llm, tmp_path):
     from keel.search_attributes import KEEL_INJECTION
 

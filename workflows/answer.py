@@ -30,6 +30,9 @@ class AskInput:
     # without readers or readable by one of them. Neither: documents without readers only.
     principal: str | None = None
     groups: list[str] = field(default_factory=list)
+    # A second opinion: the provider chain is asked whether the cited sources support an answer
+    # that passed the lexical check; "no" counts as invalid (repair, then the floor).
+    judge: bool = False
 
 
 @dataclass
@@ -118,12 +121,22 @@ class AnswerQuestion:
                 errors = prompts.grounding_errors(reply, found, question.text)
             return errors + injection.output_errors(reply.answer, system_prompt, findings)
 
+        async def judge(reply: prompts.AnswerPayload) -> list[str]:
+            verdict = await llm.complete(
+                prompts.judge_messages(question.text, reply, found), prompts.JudgeVerdict, tenant=inp.tenant, max_repairs=0,
+                budget=RunBudget(inp.max_cost_usd) if inp.max_cost_usd is not None else None,
+            )
+            if verdict.ok and not verdict.value.supported:  # a judge that cannot answer does not veto
+                return [f"a reviewer found the answer unsupported by its sources ({verdict.value.reason[:200]}): answer from the sources only"]
+            return []
+
         out = await llm.complete(
             prompts.answer_messages(inp.prompt_version, question.text, found),
             prompts.AnswerPayload,
             tenant=inp.tenant,
             schema=prompts.answer_schema(len(found.hits)),
             validate=check,
+            judge=judge if inp.judge else None,
             cites=lambda reply: [h.chunk_id for h in found.cited(reply.citations)],
             cache=LLMCache(key=question.text, context_ids=ids, version=inp.prompt_version, read=inp.use_cache),
             budget=RunBudget(inp.max_cost_usd) if inp.max_cost_usd is not None else None,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -189,6 +189,7 @@ async def complete(
     budget: RunBudget | None = None,
     cache: LLMCache | None = None,
     validate: Callable[[T], list[str]] | None = None,
+    judge: Callable[[T], Awaitable[list[str]]] | None = None,
     schema: dict[str, Any] | None = None,
     cites: Callable[[T], list[str]] | None = None,
     max_repairs: int = 1,
@@ -207,6 +208,9 @@ async def complete(
     :param cache: use the answer cache (when the deployment enables it), see :class:`LLMCache`.
     :param validate: more checks on a value that passed the schema; returns error messages (an
         invalid reply gets a repair re-ask with them, like a schema error).
+    :param judge: an async check of a reply that passed ``validate``, e.g. a second model asked
+        whether the sources support the answer (it may call ``complete`` itself); its errors
+        count like ``validate``'s. Not applied to cache hits (they were judged when stored).
     :param schema: a JSON schema to send instead of ``output``'s (e.g. one that enumerates the
         allowed citation labels); the reply is still validated against ``output``.
     :param cites: the context ids a value relies on; a semantic cache hit is served only when
@@ -241,7 +245,7 @@ async def complete(
     schema = schema or output_schema(output)
     if cache is not None and cache.key is None:  # by default a request is cached by its last user message
         cache = dataclasses.replace(cache, key=next((m.content for m in reversed(messages) if m.role == "user"), ""))
-    call = _Call(output, messages, schema, tenant, budget, cache, validate, cites, max_repairs, max_tokens, options, stream)
+    call = _Call(output, messages, schema, tenant, budget, cache, validate, cites, max_repairs, max_tokens, options, stream, judge)
     if workflow.in_workflow():
         return await call.in_workflow()
     return await call.in_process()
@@ -261,6 +265,7 @@ class _Call:
     max_tokens: int | None
     options: StepOptions | None
     stream: Any = None  # a WorkflowStream
+    judge: Callable | None = None
     result: LLMResult = field(default_factory=lambda: LLMResult(ok=False))
     reasons: list[tuple[str, str]] = field(default_factory=list)
 
@@ -317,6 +322,8 @@ class _Call:
                     break
                 result.model = reply.model
                 value, errors = validate_reply(self.output, reply.content, self.validate)
+                if not errors and self.judge is not None:
+                    errors = list(await self.judge(value))
                 ledger.mark(reply.record, AttemptOutcome.INVALID if errors else AttemptOutcome.ANSWERED)
                 if not errors:
                     result.ok, result.value, result.provider, result.errors = True, value, provider.name, []
@@ -419,6 +426,8 @@ class _Call:
                     reason = f"LLM failed: {type(failure).__name__}: {failure.message}"
                     break
                 value, errors = validate_reply(self.output, completion.content, self.validate)
+                if not errors and self.judge is not None:
+                    errors = list(await self.judge(value))
                 attempts[-1].outcome = AttemptOutcome.INVALID if errors else AttemptOutcome.ANSWERED
                 result.model = completion.model
                 if not errors:
