@@ -168,14 +168,14 @@ def _recognizers() -> list[Any]:
         global_regex_flags=ci,
     )
     phone_context = ["phone", "mobile", "cell", "tel", "telephone", "fax", "desk", "call", "reach", "contact",
-                     "number", "answering", "message", "messages", "text", "sms", "whatsapp", "landline", "ring"]
+                     "number", "answering", "message", "messages", "text", "sms", "whatsapp", "landline", "ring", "office"]
     phones_pattern = PatternRecognizer(
         supported_entity="PHONE_NUMBER",
         name="KeelPhoneDigitsRecognizer",
         patterns=[
             Pattern(
                 "phone digits",
-                r"(?<![\w+\-.])(?:\+\d{1,3}[ .\-]?)?(?:\(\d{1,4}\)[ .\-]?|\(0\)\s?)?\d{2,5}(?:[ .\-]\d{2,6}){1,4}(?:\s?(?:x|ext\.?)\s?\d{1,5})?(?![\w\-]|\.\d)",
+                r"(?<![\w+\-.])(?:\+\d{1,3}[ .\-]?)?(?:\(\d{1,4}\)[ .\-]?|\(0\)\s?)?\d{2,5}(?:[ .\-]\d{2,6}){1,4}(?:\s?(?:x|ext\.?)\s?\d{1,5})?(?!\w|-\d|\.\d)",
                 0.1,
             ),
             # "+1-903-140-4508x769", "+41 (0)85 806 98 67": an international prefix is telling on its own.
@@ -184,6 +184,8 @@ def _recognizers() -> list[Any]:
                 r"(?<![\w+])\+\d{1,3}[ .\-]?(?:\(\d{1,4}\)[ .\-]?)?\d{1,5}(?:[ .\-]\d{2,6}){1,4}(?:\s?(?:x|ext\.?)\s?\d{1,5})?(?![\w\-]|\.\d)",
                 0.5,
             ),
+            # "+447700677662": E.164 written without separators.
+            Pattern("e164", r"(?<![\w+])\+[1-9]\d{9,14}\b", 0.5),
             # "463-612-6138x036", "259.735.7502x459": a North-American number with an extension.
             Pattern("nanp with extension", r"(?<![\w\-.])\(?\d{3}\)?[ .\-]\d{3}[ .\-]\d{4}\s?(?:x|ext\.?)\s?\d{1,5}\b", 0.5),
         ],

@@ -214,7 +214,8 @@ def best_sentences(question: str, hits: list, max_sentences: int = 2) -> tuple[s
     >>> best_sentences("What does a child ticket cost?", hits)[0]
     'Child (6-17): $6'
     """
-    wanted = {_stem(w) for w in _content_words(question)}
+    # The words that say what is asked ("cost", "how many") count through ``kind``, not as topic.
+    wanted = {_stem(w) for w in _content_words(question)} - _ASKING_WORDS
     kind = _asked_for(question)
     chunks = [(rank, hit, _passages(hit.text)) for rank, hit in enumerate(hits)]
     stems = [[{_stem(w) for w in _content_words(p)} & wanted for p in passages] for _, _, passages in chunks]
@@ -264,6 +265,11 @@ _ASKS = [
 ]
 
 
+_ASKING_WORDS = frozenset(
+    _stem(w) for w in "much many cost costs price prices fee fees charge charged pay paid hours time times year date".split()
+)
+
+
 def _asked_for(question: str) -> tuple[re.Pattern, re.Pattern | None] | None:
     return next((answer for asks, answer in _ASKS if asks.search(question)), None)
 
@@ -273,7 +279,8 @@ def _asked_for(question: str) -> tuple[re.Pattern, re.Pattern | None] | None:
 _PASSAGE_END = re.compile(
     r"(?<=[.!?])(?<!\.[A-Z]\.)(?<!\b[A-Z]\.)(?<!Mr\.)(?<!Dr\.)(?<!St\.)(?<!Ms\.)(?<!Mrs\.)(?<!No\.)\s+(?=[\"'(\[<]?[A-Z0-9])"
     r"|\s*\n\s*"
-    r"|(?<=[^\s:])\s+(?=(?-i:[A-Z])[\w'\-]*(?:\s+[\w'\-]+){0,3}(?:\s*\([^()]{1,40}\))?:\s)"
+    r"|(?<=[^\s:])\s+(?!(?:January|February|March|April|May|June|July|August|September|October|November|December)\b)"
+    r"(?=(?-i:[A-Z])[\w'\-]*(?:\s+[\w'\-]+){0,3}(?:\s*\([^()]{1,40}\))?:\s)"
 )
 
 
