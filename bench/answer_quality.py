@@ -81,6 +81,29 @@ QUESTIONS: list[tuple[str, list[str]]] = [
     ("When is Kestrel Ness tower opened for guided climbs?", ["Heritage Open Day"]),
     ("How many paid staff does the co-op have?", ["9"]),
 ]
+# Written after the floor was tuned on QUESTIONS, and never tuned on (``--questions held-out``).
+HELD_OUT: list[tuple[str, list[str]]] = [
+    ("On which Saturday of August is the Lantern Festival held?", ["second Saturday"]),
+    ("When was the Lantern Festival first held?", ["1994"]),
+    ("How much does a lantern kit cost?", ["$8"]),
+    ("How much does the festival shuttle bus cost each way?", ["$3"]),
+    ("How far is the lantern procession walk?", ["2.4"]),
+    ("How many people walked in the 2024 procession?", ["5,100"]),
+    ("How much did the 2024 festival raise?", ["41,000"]),
+    ("How tall may a lantern be at most?", ["1 metre"]),
+    ("How many volunteer marshals does the festival need?", ["60"]),
+    ("What was the peak gust recorded at Kestrel Ness in the 2019 storm?", ["87"]),
+    ("How long did Saltmarrow's light run on its emergency battery?", ["31 hours"]),
+    ("How many prisms does the Greyhaven Fresnel lens contain?", ["1,008"]),
+    ("How much does the Greyhaven lens weigh?", ["2.7"]),
+    ("When did the restoration of the lens begin?", ["2014"]),
+    ("How many solar panels were installed on Saltmarrow Island?", ["36"]),
+    ("How much diesel did Saltmarrow burn a year before the solar conversion?", ["9,800"]),
+    ("How large is the Saltmarrow battery bank?", ["40 kWh"]),
+    ("How far is the Saltmarrow light visible?", ["12 nautical miles"]),
+    ("Are dogs allowed inside the tower?", ["assistance dogs"]),
+    ("How many votes did the solar conversion get?", ["312"]),
+]
 
 
 def correct(answer: str, facts: list[str]) -> bool:
@@ -96,7 +119,7 @@ def gemma_file() -> str:
     return str(path)
 
 
-async def run(config: str, limit: int) -> dict:
+async def run(config: str, limit: int, questions: list[tuple[str, list[str]]]) -> dict:
     with DevServer() as server, tempfile.TemporaryDirectory(prefix="keel-quality-") as tmp:
         name = uuid.uuid4().hex[:6]
         llm_port = free_port()
@@ -118,7 +141,7 @@ async def run(config: str, limit: int) -> dict:
             )
             valid = right = ungrounded = 0
             times = []
-            questions = QUESTIONS[:limit]
+            questions = questions[:limit]
             for i, (question, facts) in enumerate(questions):
                 t = time.perf_counter()
                 result = await client.execute_workflow(
@@ -144,9 +167,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", action="append", choices=["default", "judge", "gemma3-270m", "extractive"])
     parser.add_argument("--limit", type=int, default=len(QUESTIONS))
+    parser.add_argument("--questions", choices=["tuning", "held-out"], default="tuning",
+                        help="tuning: the 32 questions the floor was tuned on; held-out: 20 written afterwards")
     args = parser.parse_args()
     for config in args.config or ["default", "extractive"]:
-        print(json.dumps(asyncio.run(run(config, args.limit))), flush=True)
+        print(json.dumps(asyncio.run(run(config, args.limit, HELD_OUT if args.questions == "held-out" else QUESTIONS))), flush=True)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@
     keel ask "QUESTION" --tenant T [--source PATH] [--tag TAG]... [--since D] [--until D] [--json]
              [--no-cache] [--max-cost USD] [--as USER] [--group G]... [--judge]
     keel stats --tenant T [--json]
+    keel permissions PATH... --tenant T (--allow PRINCIPAL... | --everyone) [--json]
     keel approvals [--tenant T] [--json]                  pending human approvals
     keel approve RUN_ID [--comment TEXT] [--approval ID] [--as USER]
     keel reject RUN_ID --reason TEXT [--approval ID] [--as USER]
@@ -263,6 +264,30 @@ async def cmd_stats(args, settings: KeelSettings) -> int:
     return 0
 
 
+async def cmd_permissions(args, settings: KeelSettings) -> int:
+    from keel.activities.ingest import document_id
+    from keel.workflows.permissions import SetReaders, SetReadersInput
+
+    if bool(args.allow) == args.everyone:
+        print("keel permissions: give --allow PRINCIPAL (repeatable) or --everyone", file=sys.stderr)
+        return 2
+    paths = [str(Path(p).resolve()) for p in args.paths]
+    client = await _client(settings)
+    out = await client.execute_workflow(
+        SetReaders.run,
+        SetReadersInput(args.tenant, [document_id(args.tenant, p) for p in paths], list(args.allow)),
+        id=f"permissions-{args.tenant}-{_short_id()}",
+        task_queue=settings.task_queue,
+    )
+    rows = [{"path": p, "chunks": n, "readers": out.readers} for p, n in zip(paths, out.chunks)]
+    if args.json:
+        print(json.dumps(rows))
+    for r in rows if not args.json else []:
+        who = ", ".join(r["readers"]) or f"everyone in {args.tenant}"
+        print(f"{_display_path(r['path'])}: " + (f"{r['chunks']} chunks readable by {who}" if r["chunks"] else "not indexed"))
+    return 0 if all(r["chunks"] for r in rows) else 1
+
+
 def cmd_tenant(args, settings: KeelSettings):
     from keel import tenants
 
@@ -477,6 +502,15 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--tenant", required=True)
     stats.add_argument("--json", action="store_true")
     stats.set_defaults(func=cmd_stats)
+
+    permissions = sub.add_parser("permissions", help="change who may read ingested files (no re-embedding)")
+    permissions.add_argument("paths", nargs="+", metavar="PATH", help="files as they were ingested")
+    permissions.add_argument("--tenant", required=True)
+    permissions.add_argument("--allow", action="append", default=[], type=_reader, metavar="PRINCIPAL",
+                             help="user:NAME or group:NAME (repeatable): replaces the files' readers")
+    permissions.add_argument("--everyone", action="store_true", help="remove the readers: everyone in the tenant")
+    permissions.add_argument("--json", action="store_true")
+    permissions.set_defaults(func=cmd_permissions)
 
     approvals = sub.add_parser("approvals", help="list runs waiting for a human approval")
     approvals.add_argument("--tenant", help="only this tenant's approvals")
