@@ -12,7 +12,7 @@ export DO_NOT_TRACK := true
 # pip caches the wheel).
 export CMAKE_ARGS := -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
 
-.PHONY: demo test install up down clean
+.PHONY: demo test install up down clean promtool
 
 install: $(STAMP)
 
@@ -39,12 +39,18 @@ EXAMPLES := examples/support_triage examples/summarizer examples/followup exampl
 
 # Keel's own suite, then each example project's, from its own folder (each is a separate user
 # project with its own `workflows` package, so they do not share one interpreter).
-test: $(STAMP)
+test: $(STAMP) promtool
 	$(PY) -m pytest -q
 	@for project in $(EXAMPLES); do echo "== $$project"; (cd $$project && $(CURDIR)/$(PY) -m pytest -q) || exit 1; done
 
 up: $(STAMP)
 	$(KEEL) up
+
+# Debian's prometheus package: promtool checks and unit-tests infra/observability's alert rules,
+# and one test scrapes a worker with a real Prometheus.
+promtool:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
+		{ $$(command -v sudo) apt-get update -qq && $$(command -v sudo) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
 down:
 	$(KEEL) down

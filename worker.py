@@ -46,14 +46,35 @@ def load_app(module_name: str) -> tuple[list[type], list]:
     return workflows, activities
 
 
-async def run_worker(settings: KeelSettings, *, index: bool, apps: list[str] = ()) -> None:
+def metrics_runtime(settings: KeelSettings, port: int | None = None):
+    """The Temporal runtime serving this process's Prometheus metrics (None: no endpoint).
+    A port already taken is logged, not fatal: the worker runs without its endpoint."""
+    from keel.telemetry import prometheus_runtime
+
+    port = settings.metrics_port if port is None else port
+    if not port:
+        return None
+    address = f"{settings.metrics_host}:{port}"
+    try:
+        runtime = prometheus_runtime(address)
+    except ValueError as e:
+        log.warning("no metrics endpoint on %s: %s", address, e)
+        return None
+    log.info("metrics on http://%s/metrics", address)
+    return runtime
+
+
+async def run_worker(settings: KeelSettings, *, index: bool, apps: list[str] = (), metrics_port: int | None = None) -> None:
     workflows, activities = [], []
     for app in apps:
         w, a = load_app(app)
         workflows += w
         activities += a
     plugin = KeelPlugin(settings, index=index)
-    client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace, plugins=[plugin])
+    client = await Client.connect(
+        settings.temporal_address, namespace=settings.temporal_namespace, plugins=[plugin],
+        runtime=metrics_runtime(settings, metrics_port),
+    )
     worker = Worker(client, task_queue=settings.task_queue, workflows=workflows, activities=activities, max_concurrent_activities=4)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -69,10 +90,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", action="store_true", help="also serve the index task queue")
     parser.add_argument("--app", action="append", default=[], metavar="MODULE", help="also run this module's workflows and activities")
+    parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port (default KEEL_METRICS_PORT; 0: none)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
     settings = KeelSettings()
-    asyncio.run(run_worker(settings, index=args.index, apps=args.app))
+    asyncio.run(run_worker(settings, index=args.index, apps=args.app, metrics_port=args.metrics_port))
 
 
 if __name__ == "__main__":

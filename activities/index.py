@@ -7,11 +7,13 @@ query never waits behind another document's upsert here.
 from __future__ import annotations
 
 import io
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 from temporalio import activity
 
+from keel import telemetry
 from keel.activities._runtime import heartbeating, runtime
 from keel.errors import KeelError, to_application_error
 from keel.types import (
@@ -109,6 +111,7 @@ def hybrid_search(inp: SearchInput) -> SearchResult:
     rt = runtime()
     settings = inp.settings or rt.settings.retrieval_settings
     spec = inp.embedding or rt.settings.embedding_spec
+    start = time.monotonic()
     try:
         vector = rt.embedder(spec).embed_query(inp.query)
         hits = rt.index.search(
@@ -117,6 +120,7 @@ def hybrid_search(inp: SearchInput) -> SearchResult:
         )
     except KeelError as e:
         raise to_application_error(e) from None
+    telemetry.retrieval(inp.tenant, time.monotonic() - start, len(hits))
     for h in hits:
         h.score, h.fused_score = round(h.score, 4), round(h.fused_score, 4)
     return SearchResult(hits=hits, embedding_model=spec.model, settings=settings, filters=inp.filters)

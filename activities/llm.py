@@ -30,6 +30,7 @@ from temporalio.client import Client, WorkflowQueryFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from keel import telemetry
 from keel.activities._runtime import runtime
 from keel.errors import LLMError, to_application_error
 from keel.llm.cache import AnswerCache, CachedAnswer
@@ -106,6 +107,7 @@ async def prepare_llm_call(inp: PrepareInput) -> Prepared:
         scope = f"{inp.cache.version}|{schema_hash}"
         if inp.cache.read:
             cached = await asyncio.to_thread(_lookup, inp, plan, scope)
+            telemetry.cache_lookup(inp.tenant, cached.hit.value if cached is not None else "miss")
     return Prepared(plan=plan, prompt_key=prompt_key, cache_scope=scope, cached=cached)
 
 
@@ -122,6 +124,11 @@ async def _plan(tenant: str) -> LLMPlan:
         queries.append(_query(client, tenant_budget_id(queue, tenant), "spend", PeriodSpend, period))
     answers = await asyncio.gather(*queries)  # concurrently: one round trip on the happy path
     health, spend = answers[: len(chain)], answers[len(chain)] if budget is not None else None
+    now = datetime.now(timezone.utc)
+    for p, h in zip(chain, health):
+        telemetry.breaker_state(p.name, h is not None and h.open_until is not None and h.open_until > now)
+    if budget is not None:
+        telemetry.budget(tenant, spend.cost_usd if spend else 0.0, budget)
     return LLMPlan(
         providers=[_provider_plan(p, h) for p, h in zip(chain, health)],
         period=period,
@@ -435,6 +442,7 @@ async def _report(tenant: str, provider: ProviderConfig, record: ProviderAttempt
     A report that cannot be delivered is logged, not raised: failing the attempt would make
     Temporal call the provider again, which costs more than a missing line in a ledger.
     """
+    telemetry.llm_attempt(tenant, record)
     client = activity.client()
     info = activity.info()
     queue = runtime().settings.task_queue

@@ -39,6 +39,7 @@ configure_offline()
 from temporalio.client import Client  # noqa: E402
 
 from keel.config import KeelSettings  # noqa: E402
+from keel.llm.providers import ProviderConfig  # noqa: E402
 from keel.plugin import KeelPlugin  # noqa: E402
 from keel.stack import Stack  # noqa: E402
 from keel.testing import DevServer  # noqa: E402
@@ -130,6 +131,12 @@ async def run(config: str, limit: int, questions: list[tuple[str, list[str]]]) -
             # "extractive": a provider nobody serves, so every ask takes the floor at once.
             llm_start_local=config != "extractive", llm_timeout_seconds=60,
             answer_judge=config == "judge",
+            # Measure the model on every question: invalid replies must not open the breaker
+            # (in production they do, and the floor answers until it closes).
+            providers=[] if config == "extractive" else [ProviderConfig(
+                name="default", base_url=f"http://127.0.0.1:{llm_port}/v1", timeout_seconds=120, response_format="json_object",
+                model="gemma3-270m-q4_k_m" if config == "gemma3-270m" else "smollm2-135m-instruct", breaker_failures=10_000,
+            )],
             **({"llm_model_file": gemma_file(), "llm_model": "gemma3-270m-q4_k_m"} if config == "gemma3-270m" else {}),
         )
         stack = Stack(settings)
@@ -155,7 +162,7 @@ async def run(config: str, limit: int, questions: list[tuple[str, list[str]]]) -
                 print(f"{config} {question!r}: {result.answer!r} degraded={result.degraded} ({result.degraded_reason})", file=sys.stderr)
             n = len(questions)
             return {
-                "model": {"extractive": "extractive", "judge": f"{settings.llm_model}+judge"}.get(config, settings.llm_model),
+                "model": {"extractive": "extractive", "judge": f"{settings.provider_chain[0].model}+judge"}.get(config, settings.provider_chain[0].model),
                 "n": n, "valid_and_grounded": round(valid / n, 3), "correct": round(right / n, 3),
                 "ungrounded_accepted": round(ungrounded / n, 3), "p50_s": round(statistics.median(times), 2),
             }

@@ -10,25 +10,30 @@
         carry no ``KeelTenant`` search attribute). Without ``--failed``: runs of any status.
     keel redrive [--type T] [--since D] [--tenant T] [--rate N] [--reset] [--dry-run] [--json]
         re-runs those failed runs from their recorded inputs: a new run of the same workflow type
-        on the same task queue, its input payloads passed through byte for byte (still sealed
-        for the run's tenant), at most N starts per second (default 5). Idempotent: the new
-        workflow id is derived from the failed run, ``<id>-redrive-<first 8 of run id>`` (a
-        failed redrive keeps its own id), started with id reuse policy
-        ``ALLOW_DUPLICATE_FAILED_ONLY`` and conflict policy ``FAIL``: while a redrive runs, or
-        once it completed, a second ``keel redrive`` skips it; only a redrive that failed again
-        is run again (a new run of the same id). A failed run that is no longer the latest run of its
-        workflow id (re-run since, or reset) is skipped as superseded.
-        ``--reset`` instead resets each failed run to the workflow task that scheduled the
-        failed step (Temporal reset): steps that completed are kept, the failed one runs again,
-        under the same workflow id. Only right when the current code replays the kept part
-        (check with ``keel replay``); the default new run works across any code change.
+        on the same task queue, with the failed run's timeouts, retry policy and memo, and its
+        input payloads passed through byte for byte (still sealed for the run's tenant: no
+        re-encoding, no type guessing), at most N starts per second (default 5). Idempotent:
+        the new workflow id is derived from the failed run, ``<id>-redrive-<first 8 of run id>``
+        (a failed redrive keeps its own id), started with id reuse policy
+        ``ALLOW_DUPLICATE_FAILED_ONLY`` and conflict policy ``FAIL``. So while a redrive runs,
+        or once it completed, another ``keel redrive`` skips it; only a redrive that failed
+        again is run again, as a new run of the same id (one run per failure per redrive).
+        A failed run that is no longer the latest run of its workflow id (re-run since, or
+        reset) is skipped as superseded. A redriven child run (``IngestDocument``) runs on its
+        own, without its parent.
+        ``--reset`` instead resets each failed run (Temporal reset) to the workflow task that
+        scheduled the failed step: steps that completed are kept, the failed one runs again, as
+        a new run of the same workflow id (which supersedes the failed run: a second
+        ``--reset`` skips it). Right for long runs whose completed steps are expensive, and
+        only when the current code replays the kept part (``keel replay`` says); the default
+        new run works across any code change.
     keel replay WORKFLOW_ID [--run-id R] [--app MODULE]... [--json]
         replays the run's history against the current workflow code (Keel's workflows, plus
         ``--app`` modules'): exit 0 if compatible, 1 with the nondeterminism error if not.
-    keel schedule add NAME --cron EXPR [--timezone TZ] reindex PATH... --tenant T [--tag TAG]...
-    keel schedule add NAME --cron EXPR [--timezone TZ] eval ARGS...   (keel.evaluation's action)
-    keel schedule list [--json] | pause NAME | unpause NAME | trigger NAME | delete NAME
-        Temporal Schedules; a schedule's id is NAME. ``reindex`` starts the ``IngestCorpus`` run
+    keel schedule add NAME --cron EXPR [--timezone TZ] [--json] reindex PATH... --tenant T [--tag TAG]...
+    keel schedule add NAME --cron EXPR [--timezone TZ] [--json] eval ARGS...   (keel eval's arguments)
+    keel schedule list | pause NAME | unpause NAME | trigger NAME | delete NAME   [--json]
+        Temporal Schedules; a schedule's id is NAME (its options go before the action word). ``reindex`` starts the ``IngestCorpus`` run
         that ``keel ingest`` starts (unchanged documents are skipped); overlapping runs are
         skipped. ``trigger`` starts a run now and prints its workflow id.
 """
@@ -42,7 +47,7 @@ import json
 import re
 import sys
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 REDRIVE_MARK = "-redrive-"
@@ -363,7 +368,7 @@ async def redrive(
         r = Redrive(info.workflow_id, info.run_id, info.workflow_type, info.error_type, target, "skipped")
         out.append(r)
         if target in seen:
-            r.reason = "redriven with another failed run of the same lineage"
+            r.reason = f"covered by the redrive {target} of another failed run listed"
             continue
         seen.add(target)
         latest = await _describe_status(client, info.workflow_id)
@@ -451,7 +456,7 @@ async def replay_run(client, settings, workflow_id: str, run_id: str | None = No
     failure = result.replay_failure
     return {
         "workflow_id": workflow_id,
-        "run_id": history.run_id if hasattr(history, "run_id") else run_id,
+        "run_id": run_id,
         "workflow_type": started.workflow_type.name if started else None,
         "events": len(history.events),
         "compatible": failure is None,
@@ -575,10 +580,10 @@ async def cmd_schedule(args, settings) -> int:
     handle = client.get_schedule_handle(args.name)
     try:
         if args.action == "pause":
-            await handle.pause(note=f"paused with keel schedule pause")
+            await handle.pause(note="paused with keel schedule pause")
             _emit({"name": args.name, "paused": True}, args.json, f"schedule {args.name} paused")
         elif args.action == "unpause":
-            await handle.unpause(note=f"unpaused with keel schedule unpause")
+            await handle.unpause(note="unpaused with keel schedule unpause")
             _emit({"name": args.name, "paused": False}, args.json, f"schedule {args.name} unpaused")
         elif args.action == "delete":
             await handle.delete()

@@ -30,13 +30,13 @@ from temporalio.plugin import SimplePlugin
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor, Worker, WorkerConfig
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
-from keel import _deployment
+from keel import _deployment, telemetry
 from keel._converter import is_default, keel_data_converter
 from keel.config import KeelSettings
 from keel.errors import KeelError
 from keel.llm.providers import provider_task_queue
 
-PASSTHROUGH_MODULES = ("keel", "pydantic", "pydantic_core", "annotated_types")
+PASSTHROUGH_MODULES = ("keel", "pydantic", "pydantic_core", "annotated_types", "opentelemetry")
 
 
 def keel_activities() -> list:
@@ -123,6 +123,9 @@ class KeelPlugin(SimplePlugin):
         embedded index exactly one process may do this.
     :param providers: also serve one queue per LLM provider (the requests of ``complete``).
     :param max_concurrent_activities: slots of the extra index and Keel-queue workers.
+    :param span_exporter: an OpenTelemetry ``SpanExporter`` to trace to (e.g. an in-memory one in
+        a test); without it, traces go to the settings' OTLP endpoint, or nowhere
+        (:mod:`keel.telemetry`).
 
     >>> from keel import KeelPlugin, KeelSettings
     >>> plugin = KeelPlugin(KeelSettings(task_queue="support"), index=False)
@@ -143,6 +146,7 @@ class KeelPlugin(SimplePlugin):
         index: bool = True,
         providers: bool = True,
         max_concurrent_activities: int = 4,
+        span_exporter=None,
     ) -> None:
         self.settings = settings or KeelSettings()
         self.index = index
@@ -155,10 +159,17 @@ class KeelPlugin(SimplePlugin):
         # The keys this process holds, and what it learned of which run is whose tenant.
         self.keys = Keys.from_settings(self.settings)
         self._tenant_scope = _TenantScope(self.keys)
+        # Traces (Temporal's TracingInterceptor, outermost) and each step's keel.* span
+        # attributes and latency metric (inside the tenant scope: it knows the tenant).
+        telemetry.configure(self.settings)
+        self.tracer_provider = telemetry.tracer_provider(self.settings, span_exporter)
+        self._tracing = telemetry.tracing_interceptor(self.tracer_provider) if self.tracer_provider else None
+        self._step_telemetry = telemetry.StepTelemetry()
+        self._worker_interceptors = [self._tenant_scope, self._step_telemetry]
         super().__init__(
             "keel.KeelPlugin",
             data_converter=_data_converter(self.settings, self.keys),
-            interceptors=[self._tenant_scope],
+            interceptors=[*([self._tracing] if self._tracing else []), *self._worker_interceptors],
             activities=keel_activities(),
             workflows=keel_workflows(),
             workflow_runner=_workflow_runner,
@@ -176,8 +187,9 @@ class KeelPlugin(SimplePlugin):
 
     def configure_worker(self, config: WorkerConfig) -> WorkerConfig:
         if config.get("task_queue") in self._extra_queues:
-            # One of the plugin's own extra workers, configured below; it needs the tenant scope.
-            config["interceptors"] = [*config.get("interceptors", []), self._tenant_scope]
+            # One of the plugin's own extra workers, configured below; it needs the tenant scope
+            # and the step telemetry (tracing comes with the client it was made from).
+            config["interceptors"] = [*config.get("interceptors", []), *self._worker_interceptors]
             config["workflow_failure_exception_types"] = [*config.get("workflow_failure_exception_types", []), KeelError]
             return config
         config = super().configure_worker(config)
@@ -203,6 +215,8 @@ class KeelPlugin(SimplePlugin):
                 await next(worker)
         finally:
             runtime.close()  # the embedded index flushes and releases its lock
+            if self.tracer_provider is not None:
+                self.tracer_provider.force_flush(5000)
 
     def _extra_workers(self, worker: Worker) -> list[Worker]:
         from keel.activities.llm import LLM_REQUEST_ACTIVITIES

@@ -15,6 +15,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 with workflow.unsafe.imports_passed_through():
     from keel import steps
     from keel.activities.ingest import DocumentEntry, Manifest
+    from keel import telemetry
     from keel.errors import failure_reason
     from keel.types import ChunkSpec, EmbeddingSpec, PIIPolicy
 
@@ -196,10 +197,12 @@ class IngestCorpus:
                 return
             except ChildWorkflowError as e:
                 self._summary.failed += 1
+                error_type, message = failure_reason(e)
+                telemetry.document_failed(inp.tenant, error_type)  # replay-safe (workflow.metric_meter)
                 if len(self._summary.failures) < MAX_RECORDED_FAILURES:
-                    error_type, message = failure_reason(e)
                     self._summary.failures.append(DocumentFailure(entry.path, error_type, message, child_id))
                 return
         self._summary.indexed += 1
+        telemetry.document_ingested(inp.tenant)
         self._summary.chunks += result.chunks
         self._summary.settings = result.settings

@@ -13,6 +13,7 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from keel.llm.types import HealthReport, ProviderHealthInput, ProviderHealthState
     from keel.llm.policy import record_health
+    from keel import telemetry
 
 # Continue as new after this many reports, so the history stays small.
 REPORTS_PER_RUN = 500
@@ -36,14 +37,21 @@ class ProviderHealth:
 
     @workflow.signal
     def report(self, report: HealthReport) -> None:
-        self._state = record_health(self._state, report, workflow.now())
+        before = self._state.times_opened
+        now = workflow.now()
+        self._state = record_health(self._state, report, now)
         self._reports += 1
+        # Metrics from workflow code go through workflow.metric_meter(): not recorded on replay.
+        if self._state.times_opened > before:
+            telemetry.breaker_opened(self._state.provider)
+        telemetry.breaker_state(self._state.provider, self._state.open_until is not None and self._state.open_until > now)
 
     @workflow.signal
     def reset(self) -> None:
         """Close the circuit now (an operator who fixed the provider)."""
         self._state = ProviderHealthState(provider=self._state.provider)
         self._reports += 1
+        telemetry.breaker_state(self._state.provider, False)
 
     @workflow.query
     def state(self) -> ProviderHealthState:

@@ -11,6 +11,7 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from keel.llm.types import Charge, PeriodSpend, TenantBudgetInput
+    from keel import telemetry
 
 CHARGES_PER_RUN = 1000  # continue as new after this many charges
 KEEP_PERIODS = 3  # the current period and two before it
@@ -39,6 +40,8 @@ class TenantBudget:
         spend.prompt_tokens += charge.prompt_tokens
         spend.completion_tokens += charge.completion_tokens
         spend.attempts += 1
+        if charge.period == max(self._periods):  # the current period's spend (replay-safe metric)
+            telemetry.budget(self._tenant, spend.cost_usd)
         for old in sorted(self._periods)[:-KEEP_PERIODS]:
             del self._periods[old]
         self._charges += 1

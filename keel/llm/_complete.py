@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -150,15 +151,30 @@ def output_schema(output: type[BaseModel]) -> dict[str, Any]:
 
 
 def validate_reply(
-    output: type[T], content: str, check: Callable[[T], list[str]] | None = None
+    output: type[T], content: str, check: Callable[[T], list[str]] | None = None, *, lenient: bool = False
 ) -> tuple[T | None, list[str]]:
-    """(value, errors) of a reply: pydantic validation, then the caller's own check."""
+    """(value, errors) of a reply: pydantic validation, then the caller's own check.
+
+    ``lenient``: raw control characters (a small model's line break inside a string) are read
+    as spaces, which JSON allows between tokens anyway.
+
+    >>> from pydantic import BaseModel
+    >>> class A(BaseModel):
+    ...     answer: str
+    >>> validate_reply(A, '{"answer": "two\\nlines"}', lenient=True)
+    (A(answer='two lines'), [])
+    """
+    if lenient:
+        content = _CONTROL.sub(" ", content)
     try:
         value = output.model_validate_json(content)
     except ValidationError as e:
         return None, [f"{'.'.join(map(str, err['loc'])) or 'reply'}: {err['msg']}" for err in e.errors(include_url=False)]
     errors = list(check(value)) if check else []
     return (None, errors) if errors else (value, [])
+
+
+_CONTROL = re.compile(r"[\x00-\x1f]")
 
 
 def repair_messages(previous: str, errors: list[str]) -> list[Message]:
@@ -321,7 +337,8 @@ class _Call:
                     reason, invalid = "LLM failed: {}: {}".format(*failure_reason(e)), False
                     break
                 result.model = reply.model
-                value, errors = validate_reply(self.output, reply.content, self.validate)
+                # 0.5: a stray line break inside a string no longer costs a repair re-ask.
+                value, errors = validate_reply(self.output, reply.content, self.validate, lenient=workflow.patched("keel-lenient-json"))
                 if not errors and self.judge is not None:
                     errors = list(await self.judge(value))
                 ledger.mark(reply.record, AttemptOutcome.INVALID if errors else AttemptOutcome.ANSWERED)
@@ -425,7 +442,7 @@ class _Call:
                 if completion is None:
                     reason = f"LLM failed: {type(failure).__name__}: {failure.message}"
                     break
-                value, errors = validate_reply(self.output, completion.content, self.validate)
+                value, errors = validate_reply(self.output, completion.content, self.validate, lenient=True)
                 if not errors and self.judge is not None:
                     errors = list(await self.judge(value))
                 attempts[-1].outcome = AttemptOutcome.INVALID if errors else AttemptOutcome.ANSWERED
