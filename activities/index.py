@@ -104,6 +104,30 @@ class SearchInput:
     # these groups, are searched. No principal and no groups: documents without readers only.
     principal: str | None = None
     groups: list[str] = field(default_factory=list)
+    # The query's embedding, when a step before computed it (keel.embed_query); None: embed here.
+    vector: list[float] | None = None
+
+
+@dataclass
+class EmbedQueryInput:
+    query: str
+    embedding: EmbeddingSpec | None = None  # None: the worker's default model
+
+
+@dataclass
+class QueryVector:
+    vector: list[float]
+    model: str
+
+
+@activity.defn(name="keel.embed_query")
+def embed_query(inp: EmbedQueryInput) -> QueryVector:
+    """A query's embedding, a step of its own so a re-run that changes only search settings
+    (``keel whatif --set top_k=12``) reuses it."""
+    rt = runtime()
+    spec = inp.embedding or rt.settings.embedding_spec
+    vector = rt.embedder(spec).embed_query(inp.query)
+    return QueryVector([round(float(x), 6) for x in vector], spec.model)
 
 
 @activity.defn(name="keel.hybrid_search")
@@ -113,7 +137,7 @@ def hybrid_search(inp: SearchInput) -> SearchResult:
     spec = inp.embedding or rt.settings.embedding_spec
     start = time.monotonic()
     try:
-        vector = rt.embedder(spec).embed_query(inp.query)
+        vector = np.asarray(inp.vector, dtype=np.float32) if inp.vector is not None else rt.embedder(spec).embed_query(inp.query)
         hits = rt.index.search(
             inp.tenant, inp.query, vector, top_k=settings.top_k, prefetch_k=settings.prefetch_k, filters=inp.filters,
             principals=asker_principals(inp.principal, inp.groups),
@@ -187,5 +211,5 @@ def erase_tenant_data(inp: EraseTenantInput) -> ErasedData:
 
 
 INDEX_ACTIVITIES = [
-    index_document, delete_document, set_readers, hybrid_search, indexed_versions, index_stats, erase_tenant_data,
+    index_document, delete_document, set_readers, hybrid_search, embed_query, indexed_versions, index_stats, erase_tenant_data,
 ]

@@ -95,6 +95,7 @@ STEP_DEFAULTS: dict[str, StepOptions] = {
     "set_readers": dataclasses.replace(_regular, start_to_close_timeout=timedelta(minutes=5), retry_policy=INDEX_RETRY),
     # Index reads: local on the index owner's own queue (local=None), else regular on that queue.
     "indexed_versions": StepOptions(start_to_close_timeout=timedelta(minutes=2), retry_policy=INDEX_RETRY),
+    "embed_query": StepOptions(start_to_close_timeout=timedelta(minutes=1), retry_policy=STEP_RETRY),
     "hybrid_search": StepOptions(start_to_close_timeout=timedelta(minutes=2), retry_policy=STEP_RETRY),
     "index_stats": StepOptions(start_to_close_timeout=timedelta(minutes=1), retry_policy=STEP_RETRY),
     # LLM: planning (breaker and budget reads, prompt storage, cache lookup) is local; the request

@@ -45,8 +45,9 @@ def keel_activities() -> list:
     from keel.activities.llm import LLM_ACTIVITIES
     from keel.activities.approvals import APPROVAL_ACTIVITIES
     from keel.agents.mcp import MCP_ACTIVITIES
+    from keel.activities.evaluate import EVAL_ACTIVITIES
 
-    return [*INGEST_ACTIVITIES, *LLM_ACTIVITIES, *INDEX_ACTIVITIES, *MCP_ACTIVITIES, *APPROVAL_ACTIVITIES]
+    return [*INGEST_ACTIVITIES, *LLM_ACTIVITIES, *INDEX_ACTIVITIES, *MCP_ACTIVITIES, *APPROVAL_ACTIVITIES, *EVAL_ACTIVITIES]
 
 
 def keel_workflows() -> list[type]:
@@ -165,7 +166,10 @@ class KeelPlugin(SimplePlugin):
         self.tracer_provider = telemetry.tracer_provider(self.settings, span_exporter)
         self._tracing = telemetry.tracing_interceptor(self.tracer_provider) if self.tracer_provider else None
         self._step_telemetry = telemetry.StepTelemetry()
-        self._worker_interceptors = [self._tenant_scope, self._step_telemetry]
+        # What-if re-runs (keel whatif) reuse a recorded run's step results whose input is unchanged.
+        from keel.workflows.evaluate import WhatIfInterceptor
+
+        self._worker_interceptors = [self._tenant_scope, WhatIfInterceptor(), self._step_telemetry]
         super().__init__(
             "keel.KeelPlugin",
             data_converter=_data_converter(self.settings, self.keys),

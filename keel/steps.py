@@ -260,6 +260,11 @@ async def hybrid_search(
         base = settings or RetrievalSettings()
         settings = RetrievalSettings(top_k=top_k, prefetch_k=max(base.prefetch_k, top_k), min_relevance=base.min_relevance)
     inp = _index.SearchInput(tenant, query, settings, filters, embedding, principal, list(groups or []))
+    if workflow.in_workflow() and workflow.patched("keel-embed-query"):
+        # 0.5: the query's embedding is a step of its own (a what-if re-run with other search
+        # settings reuses it); runs recorded before embed inside the search.
+        opts = StepOptions(task_queue=options.task_queue, local=options.local) if options else None
+        inp.vector = (await _run("embed_query", _index.embed_query, _index.EmbedQueryInput(query, embedding), opts, index=True)).vector
     return await _run("hybrid_search", _index.hybrid_search, inp, options, index=True)
 
 

@@ -79,6 +79,7 @@ async def record(env: KeelEnv, llm: FakeOpenAI) -> None:
         "ProviderHealth": await provider_outage_and_recovery(env, settings),
     }
     handles["KeelAgent"] = await agent_history(env, llm)
+    handles.update(await readers_and_judge(env, llm, tenant))
     handles.update(await upload_and_erase(env, tenant))
     handles.update(await chain_histories(env.client, settings))
     OUT.mkdir(parents=True, exist_ok=True)
@@ -86,6 +87,29 @@ async def record(env: KeelEnv, llm: FakeOpenAI) -> None:
         history = await handle.fetch_history()
         (OUT / f"{name}.json").write_text(history.to_json())
         print(f"recorded {name}: {len(history.events)} events")
+
+
+async def readers_and_judge(env: KeelEnv, llm: FakeOpenAI, tenant: str) -> dict:
+    """0.5: new readers for an indexed document; an ask whose answer a judge vetoes once (the
+    repair is judged supported); an ask whose answer is ungrounded twice (the floor answers)."""
+    from keel.activities.ingest import document_id
+    from keel.workflows import SetReaders
+    from keel.workflows.permissions import SetReadersInput
+
+    path = str(CORPUS / "membership.md")
+    readers = await env.client.start_workflow(
+        SetReaders.run, SetReadersInput(tenant, [document_id(tenant, path)], ["group:staff"]),
+        id=env.workflow_id("readers"), task_queue=env.settings.task_queue,
+    )
+    assert (await readers.result()).chunks[0] > 0
+    veto, supported = Step.ok('{"supported": false, "reason": "not stated"}'), Step.ok('{"supported": true}')
+    llm.script(Step.answer(), veto, Step.answer(), supported)
+    _, judged = await env.ask("When was Greyhaven Point Light first lit?", tenant, judge=True, use_cache=False)
+    label = Step.ok('{"answer": "S1", "citations": ["S1"]}')
+    llm.script(label, label)
+    result, floor = await env.ask("When was Greyhaven Point Light first lit?", tenant, use_cache=False)
+    assert result.degraded, result
+    return {"SetReaders": readers, "AnswerQuestion.judged": judged, "AnswerQuestion.floor": floor}
 
 
 async def upload_and_erase(env: KeelEnv, tenant: str) -> dict:

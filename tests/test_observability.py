@@ -23,14 +23,12 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import pytest
 from pydantic import BaseModel
 from temporalio import workflow
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from keel import KeelPlugin, KeelSettings, LLMCache, llm, telemetry
-from keel.stack import Stack
+from keel import KeelPlugin, LLMCache, llm, telemetry
 from keel.testing._env import free_port, isolated_settings
 from tests.conftest import ROOT
 

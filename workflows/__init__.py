@@ -5,13 +5,15 @@ the entity workflows hold the state the provider chain shares across runs."""
 from keel.workflows.agent import KeelAgent
 from keel.workflows.erase import EraseTenant
 from keel.workflows.answer import AnswerQuestion, AskInput, AskResult
+from keel.workflows.permissions import SetReaders
 from keel.workflows.ingest import IngestCorpus, IngestCorpusInput, IngestDocument, IngestSettings, IngestSummary
 from keel.workflows.provider_health import ProviderHealth
 from keel.workflows.stats import IndexStats, IndexStatsInput
 from keel.workflows.tenant_budget import TenantBudget
 from keel.workflows.upload import IngestUpload, IngestUploadInput
+from keel.workflows.evaluate import EvaluateRun, WhatIfAsk  # after answer: it imports keel.activities.evaluate
 
-ALL_WORKFLOWS = [IngestCorpus, IngestDocument, AnswerQuestion, IndexStats, ProviderHealth, TenantBudget, KeelAgent, EraseTenant, IngestUpload]
+ALL_WORKFLOWS = [IngestCorpus, IngestDocument, AnswerQuestion, IndexStats, ProviderHealth, TenantBudget, KeelAgent, EraseTenant, IngestUpload, SetReaders, EvaluateRun, WhatIfAsk]
 
 __all__ = [
     "ALL_WORKFLOWS",
@@ -30,5 +32,6 @@ __all__ = [
     "IngestUploadInput",
     "KeelAgent",
     "ProviderHealth",
+    "SetReaders",
     "TenantBudget",
 ]
