@@ -80,6 +80,7 @@ async def record(env: KeelEnv, llm: FakeOpenAI) -> None:
     }
     handles["KeelAgent"] = await agent_history(env, llm)
     handles.update(await readers_and_judge(env, llm, tenant))
+    handles.update(await eval_and_whatif(env, tenant, ask_handle.id))
     handles.update(await upload_and_erase(env, tenant))
     handles.update(await chain_histories(env.client, settings))
     OUT.mkdir(parents=True, exist_ok=True)
@@ -110,6 +111,38 @@ async def readers_and_judge(env: KeelEnv, llm: FakeOpenAI, tenant: str) -> dict:
     result, floor = await env.ask("When was Greyhaven Point Light first lit?", tenant, use_cache=False)
     assert result.degraded, result
     return {"SetReaders": readers, "AnswerQuestion.judged": judged, "AnswerQuestion.floor": floor}
+
+
+async def eval_and_whatif(env: KeelEnv, tenant: str, ask_id: str) -> dict:
+    """An answer evaluation of two configurations, and a what-if re-run of the recorded ask. Their
+    children's ids derive from theirs, and a replay names a run by its file's name: so these runs
+    are named so (the recording's dev server is fresh)."""
+    import argparse
+    import json
+
+    from keel.evaluation import eval_input
+    from keel.workflows.evaluate import EvaluateRun, WhatIfAsk, WhatIfInput
+
+    folder = env.settings.data_dir / "eval-input"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "questions.jsonl").write_text(json.dumps(
+        {"question": "How much does a family membership cost?", "facts": ["$75"], "sources": ["membership.md"]}
+    ) + "\n")
+    (folder / "a.toml").write_text('name = "a"\n')
+    (folder / "b.toml").write_text('name = "b"\ntop_k = 3\n')
+    args = argparse.Namespace(
+        data=str(folder / "questions.jsonl"), config=[str(folder / "a.toml"), str(folder / "b.toml")],
+        tenant=tenant, out=str(folder / "out"), limit=None, split="train",
+    )
+    evaluation = await env.client.start_workflow(
+        EvaluateRun.run, eval_input(args, env.settings), id="EvaluateRun", task_queue=env.settings.task_queue
+    )
+    await evaluation.result()
+    whatif = await env.client.start_workflow(
+        WhatIfAsk.run, WhatIfInput(ask_id, {"top_k": "3"}), id="WhatIfAsk", task_queue=env.settings.task_queue
+    )
+    await whatif.result()
+    return {"EvaluateRun": evaluation, "WhatIfAsk": whatif}
 
 
 async def upload_and_erase(env: KeelEnv, tenant: str) -> dict:
