@@ -142,6 +142,7 @@ _STOPWORDS = frozenset(
     "of on or our she so than that the their them then there these they this to was we were what when where "
     "which who whom why will with you your not no yes all any also about after before more most one two".split()
 )
+SHORT_ANSWER_WORDS = 12  # up to this many words, an answer must be on point (grounding_errors)
 MIN_SUPPORT = 0.6  # share of the answer's content words found in its cited sources (or the question)
 
 
@@ -168,6 +169,8 @@ def grounding_errors(reply: AnswerPayload, found: SearchResult, question: str) -
     ['the answer is only a citation label: say what the source says']
     >>> grounding_errors(AnswerPayload(answer="It costs $38.", citations=["S1"]), found, "How much?")
     ["the answer's 38 is not in the sources it cites"]
+    >>> grounding_errors(AnswerPayload(answer="A family membership.", citations=["S1"]), found, "How much is a family membership?")
+    ['the answer does not say what was asked (a price)']
     """
     answer = reply.answer.strip()
     if _LABEL_ONLY.match(answer):
@@ -180,6 +183,23 @@ def grounding_errors(reply: AnswerPayload, found: SearchResult, question: str) -
         for n in dict.fromkeys(_NUMBER.findall(answer))
         if n.replace(",", "") not in source_numbers and n not in question
     ]
+    # A short answer carries its fact alone, without the context that would show it: its figure
+    # must come from a passage about what was asked, not any passage ("$12" for a family ticket
+    # when $12 is the adult price in the line before), and it must hold the kind of fact asked
+    # for (a time for "what hours", a price for "how much"), not "2025 SEASON".
+    short = len(answer.split()) <= SHORT_ANSWER_WORDS
+    topic = {_stem(w) for w in _content_words(question)} - _ASKING_WORDS
+    if short and topic and not errors:
+        about = " ".join(p for h in cited for p in _passages(h.text) if topic & {_stem(w) for w in _content_words(p)})
+        about_numbers = {n.replace(",", "") for n in _NUMBER.findall(about)}
+        errors += [
+            f"the answer's {n} is not in a passage of its sources about the question"
+            for n in dict.fromkeys(_NUMBER.findall(answer))
+            if n.replace(",", "") not in about_numbers and n not in question
+        ]
+    kind = _asked_for(question)
+    if short and kind is not None and not (kind[0].search(answer) or (kind[1] and kind[1].search(answer))):
+        errors.append("the answer does not say what was asked (" + _KIND_NAMES.get(kind[0].pattern, "the fact") + ")")
     words = [w for w in _content_words(answer) if not w[0].isdigit()]  # numbers: checked above
     if words:
         known = {_stem(w) for w in _content_words(source_text) + _content_words(question)}
@@ -251,6 +271,7 @@ _DATE = re.compile(
     re.IGNORECASE,
 )
 _TIME = re.compile(r"\b\d{1,2}[:.]\d\d\b|\b\d{1,2}\s?(?:am|pm)\b|\bdawn\b|\bdusk\b|\bnoon\b|\bmidnight\b", re.IGNORECASE)
+_WHEN = re.compile(_DATE.pattern + "|" + _TIME.pattern + r"|\b(?:daily|weekly|monthly|yearly|annually|every|each)\b", re.IGNORECASE)
 _QUANTITY = re.compile(
     r"\d|\b(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|fifty|"
     r"hundred|thousand|million|dozen|several|no)\b",
@@ -259,7 +280,7 @@ _QUANTITY = re.compile(
 _ASKS = [
     (re.compile(r"\bhow much\b|\b(?:cost|costs|price|prices|fee|fees|charge|charged|pay|paid)\b", re.IGNORECASE), (_MONEY, _FREE)),
     (re.compile(r"\bwhat time\b|\bhours\b|\bopening times?\b", re.IGNORECASE), (_TIME, None)),
-    (re.compile(r"^\s*when\b|\bwhat year\b|\bwhich year\b|\bwhat date\b|\bsince when\b", re.IGNORECASE), (_DATE, None)),
+    (re.compile(r"^\s*when\b|\bwhat year\b|\bwhich year\b|\bwhat date\b|\bsince when\b", re.IGNORECASE), (_WHEN, None)),
     (re.compile(r"\bhow (?:many|tall|long|far|old|high|big|large|deep|wide|often)\b|\b(?:minimum|maximum) age\b"
                 r"|\bwhat (?:age|percentage|number)\b", re.IGNORECASE), (_QUANTITY, None)),
 ]
@@ -270,6 +291,9 @@ _ASKING_WORDS = frozenset(
 )
 
 
+_KIND_NAMES = {_MONEY.pattern: "a price", _TIME.pattern: "a time", _WHEN.pattern: "a date or time", _QUANTITY.pattern: "a number"}
+
+
 def _asked_for(question: str) -> tuple[re.Pattern, re.Pattern | None] | None:
     return next((answer for asks, answer in _ASKS if asks.search(question)), None)
 
@@ -277,7 +301,7 @@ def _asked_for(question: str) -> tuple[re.Pattern, re.Pattern | None] | None:
 # Sentence ends (not after "U.S." or "Dr."), line breaks, and the items of a flattened
 # "Label: value Label: value" list, whose labels are short capitalised phrases before a colon.
 _PASSAGE_END = re.compile(
-    r"(?<=[.!?])(?<!\.[A-Z]\.)(?<!\b[A-Z]\.)(?<!Mr\.)(?<!Dr\.)(?<!St\.)(?<!Ms\.)(?<!Mrs\.)(?<!No\.)\s+(?=[\"'(\[<]?[A-Z0-9])"
+    r"(?<=[.!?])(?<!\.[A-Z]\.)(?<!\b[A-Z]\.)(?<!Mr\.)(?<!Dr\.)(?<!St\.)(?<!Ms\.)(?<!Mrs\.)(?<!No\.)\s+(?=[\"'(\[<]|[A-Z0-9])"
     r"|\s*\n\s*"
     r"|(?<=[^\s:])\s+(?!(?:January|February|March|April|May|June|July|August|September|October|November|December)\b)"
     r"(?=(?-i:[A-Z])[\w'\-]*(?:\s+[\w'\-]+){0,3}(?:\s*\([^()]{1,40}\))?:\s)"
