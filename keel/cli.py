@@ -16,6 +16,8 @@
     keel tenant forget T [--json]                         erase a tenant (crypto-shredding)
     keel codec-token add NAME --role viewer|auditor --tenant T... | list | revoke NAME
     keel gc [--older-than-days N]                        delete blobs unused for N days
+    keel runs --failed | redrive | replay ID | schedule ...   operations (keel/ops.py)
+    keel eval --data DIR [--config A.toml]... | whatif ID --set K=V    evaluations (keel/evaluation.py)
 """
 
 from __future__ import annotations
