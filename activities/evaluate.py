@@ -122,12 +122,12 @@ def validate_config(c: EvalConfig) -> None:
 # --- data sets ---------------------------------------------------------------------------------
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path) -> list[dict]:
     with path.open(encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _read_qrels(path: Path) -> dict[str, dict[str, int]]:
+def read_qrels(path: Path) -> dict[str, dict[str, int]]:
     qrels: dict[str, dict[str, int]] = defaultdict(dict)
     with path.open(encoding="utf-8") as f:
         for row in csv.reader(f, delimiter="\t"):
@@ -178,8 +178,8 @@ def _split_qrels(data: Path, split: str) -> Path:
 
 def _retrieval_queries(data: Path, split: str, limit: int | None) -> tuple[list[dict], dict[str, dict[str, int]]]:
     """The split's judged queries in queries.jsonl order (the bench's set), and their qrels."""
-    qrels = _read_qrels(_split_qrels(data, split))
-    queries = [q for q in _read_jsonl(data / "queries.jsonl") if str(q["_id"]) in qrels]
+    qrels = read_qrels(_split_qrels(data, split))
+    queries = [q for q in read_jsonl(data / "queries.jsonl") if str(q["_id"]) in qrels]
     if limit:
         queries = queries[:limit]
     return queries, {str(q["_id"]): qrels[str(q["_id"])] for q in queries}
@@ -198,7 +198,7 @@ def read_questions(data: Path, limit: int | None) -> list[QuestionSpec]:
     if path is None:
         raise FileNotFoundError(f"{data}: no JSONL of questions")
     out = []
-    for i, row in enumerate(_read_jsonl(path)):
+    for i, row in enumerate(read_jsonl(path)):
         if "question" not in row:
             raise ValueError(f"{path}:{i + 1}: no \"question\"")
         out.append(
@@ -292,7 +292,7 @@ def eval_build_index(inp: BuildIndexInput) -> BuiltIndex:
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     docs = []
-    for doc in _read_jsonl(Path(inp.data) / "corpus.jsonl"):
+    for doc in read_jsonl(Path(inp.data) / "corpus.jsonl"):
         elements = [{"type": "Title", "text": doc.get("title") or ""}, {"type": "NarrativeText", "text": doc["text"]}]
         elements = [e for e in elements if e["text"].strip()]
         chunks = chunk_elements(elements, max_tokens=inp.chunk_max_tokens, overlap_tokens=inp.chunk_overlap_tokens)

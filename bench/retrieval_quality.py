@@ -24,13 +24,11 @@ settings, data file hash), so trying another keyword side or fusion does not re-
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +40,7 @@ from keel.offline import configure_offline  # noqa: E402
 
 configure_offline()
 
+from keel.activities.evaluate import read_jsonl, read_qrels  # noqa: E402  (BEIR files, as keel eval reads them)
 from keel.config import KeelSettings  # noqa: E402
 from keel.ingestion.chunking import chunk_elements  # noqa: E402
 from keel.retrieval.edge import EdgeChunkIndex  # noqa: E402
@@ -61,9 +60,9 @@ def main(argv: list[str] | None = None) -> None:
     settings = KeelSettings()
     t0 = time.perf_counter()
 
-    corpus = _read_jsonl(args.data / "corpus.jsonl")
-    qrels = _read_qrels(args.data / "qrels" / f"{args.split}.tsv")
-    all_queries = [q for q in _read_jsonl(args.data / "queries.jsonl") if q["_id"] in qrels]
+    corpus = read_jsonl(args.data / "corpus.jsonl")
+    qrels = read_qrels(args.data / "qrels" / f"{args.split}.tsv")
+    all_queries = [q for q in read_jsonl(args.data / "queries.jsonl") if q["_id"] in qrels]
     queries = all_queries[: args.limit_queries] if args.limit_queries else all_queries
     qrels = {q["_id"]: qrels[q["_id"]] for q in queries}
 
@@ -196,21 +195,6 @@ def _file_hash(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def _read_qrels(path: Path) -> dict[str, dict[str, int]]:
-    qrels: dict[str, dict[str, int]] = defaultdict(dict)
-    with path.open(encoding="utf-8") as f:
-        for row in csv.reader(f, delimiter="\t"):
-            if not row or row[0] == "query-id":
-                continue
-            qrels[row[0]][row[1]] = int(row[2])
-    return dict(qrels)
 
 
 if __name__ == "__main__":
