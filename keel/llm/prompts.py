@@ -183,20 +183,22 @@ def grounding_errors(reply: AnswerPayload, found: SearchResult, question: str) -
         for n in dict.fromkeys(_NUMBER.findall(answer))
         if n.replace(",", "") not in source_numbers and n not in question
     ]
-    # A short answer carries its fact alone, without the context that would show it: its figure
-    # must come from a passage about what was asked, not any passage ("$12" for a family ticket
-    # when $12 is the adult price in the line before), and it must hold the kind of fact asked
-    # for (a time for "what hours", a price for "how much"), not "2025 SEASON".
-    short = len(answer.split()) <= SHORT_ANSWER_WORDS
+    # A figure must be stated in the sources next to what the answer says about it: in a passage
+    # sharing a word with the answer's sentence ("The family day ticket is $12." when $12 is the
+    # adult price in the line before fails), or, for a bare figure, with the question.
     topic = {_stem(w) for w in _content_words(question)} - _ASKING_WORDS
-    if short and topic and not errors:
-        about = " ".join(p for h in cited for p in _passages(h.text) if topic & {_stem(w) for w in _content_words(p)})
-        about_numbers = {n.replace(",", "") for n in _NUMBER.findall(about)}
-        errors += [
-            f"the answer's {n} is not in a passage of its sources about the question"
-            for n in dict.fromkeys(_NUMBER.findall(answer))
-            if n.replace(",", "") not in about_numbers and n not in question
-        ]
+    if not errors:
+        passages = [(p, {_stem(w) for w in _content_words(p)}) for h in cited for p in _passages(h.text)]
+        for sentence in _passages(answer):
+            numbers = [n for n in dict.fromkeys(_NUMBER.findall(sentence)) if n not in question]
+            near = {_stem(w) for w in _content_words(sentence) if not w[0].isdigit()} - _ASKING_WORDS or topic
+            if not numbers or not near:
+                continue
+            stated = {n.replace(",", "") for p, stems in passages if near & stems for n in _NUMBER.findall(p)}
+            errors += [f"the answer's {n} is not stated in its sources with what the answer says of it" for n in numbers if n.replace(",", "") not in stated]
+    # A short answer carries its fact alone: it must be the kind of fact asked for (a time for
+    # "what hours", a price for "how much"), not "2025 SEASON".
+    short = len(answer.split()) <= SHORT_ANSWER_WORDS
     kind = _asked_for(question)
     if short and kind is not None and not (kind[0].search(answer) or (kind[1] and kind[1].search(answer))):
         errors.append("the answer does not say what was asked (" + _KIND_NAMES.get(kind[0].pattern, "the fact") + ")")
