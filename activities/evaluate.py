@@ -122,6 +122,20 @@ def validate_config(c: EvalConfig) -> None:
 # --- data sets ---------------------------------------------------------------------------------
 
 
+def index_beir_documents(index, tenant: str, docs: list[tuple[str, list[dict]]], vectors) -> None:
+    """Index BEIR documents (id, chunks) with their chunks' vectors, in order (``keel eval`` and
+    ``bench/retrieval_quality.py`` build their indexes the same way)."""
+    offset = 0
+    for document_id, chunks in docs:
+        n = len(chunks)
+        content_hash = hashlib.sha256("\x1f".join(c["text"] for c in chunks).encode()).hexdigest()
+        index.replace_document(
+            tenant=tenant, document_id=document_id, source=f"beir:{document_id}",
+            content_hash=content_hash, chunks=chunks, vectors=vectors[offset : offset + n],
+        )
+        offset += n
+
+
 def read_jsonl(path: Path) -> list[dict]:
     with path.open(encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -304,15 +318,7 @@ def eval_build_index(inp: BuildIndexInput) -> BuiltIndex:
     vectors = embedder.embed(texts) if texts else np.zeros((0, 384), dtype=np.float32)
     index = EdgeChunkIndex(path=path, collection="eval", dimensions=vectors.shape[1])
     try:
-        offset = 0
-        for document_id, chunks in docs:
-            n = len(chunks)
-            content_hash = hashlib.sha256("\x1f".join(c["text"] for c in chunks).encode()).hexdigest()
-            index.replace_document(
-                tenant=EVAL_TENANT, document_id=document_id, source=f"beir:{document_id}",
-                content_hash=content_hash, chunks=chunks, vectors=vectors[offset : offset + n],
-            )
-            offset += n
+        index_beir_documents(index, EVAL_TENANT, docs, vectors)
     finally:
         index.close()
     done.write_text(json.dumps({"documents": len(docs), "chunks": len(texts)}))

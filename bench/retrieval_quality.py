@@ -40,7 +40,7 @@ from keel.offline import configure_offline  # noqa: E402
 
 configure_offline()
 
-from keel.activities.evaluate import read_jsonl, read_qrels  # noqa: E402  (BEIR files, as keel eval reads them)
+from keel.activities.evaluate import index_beir_documents, read_jsonl, read_qrels  # noqa: E402  (BEIR files, as keel eval reads them)
 from keel.config import KeelSettings  # noqa: E402
 from keel.ingestion.chunking import chunk_elements  # noqa: E402
 from keel.retrieval.edge import EdgeChunkIndex  # noqa: E402
@@ -88,15 +88,7 @@ def main(argv: list[str] | None = None) -> None:
 
     workdir = tempfile.TemporaryDirectory(prefix="keel-quality-")
     index = EdgeChunkIndex(path=Path(workdir.name), collection="bench", dimensions=vectors.shape[1])
-    offset = 0
-    for document_id, chunks in docs:
-        n = len(chunks)
-        content_hash = hashlib.sha256("\x1f".join(c["text"] for c in chunks).encode()).hexdigest()
-        index.replace_document(
-            tenant=TENANT, document_id=document_id, source=f"beir:{document_id}",
-            content_hash=content_hash, chunks=chunks, vectors=vectors[offset : offset + n],
-        )
-        offset += n
+    index_beir_documents(index, TENANT, docs, vectors)
     t_index = time.perf_counter()
 
     runs: dict[str, dict[str, dict[str, float]]] = {"hybrid": {}, "hybrid_deep": {}, "bm25": {}, "dense": {}}
