@@ -130,6 +130,27 @@ def embed_query(inp: EmbedQueryInput) -> QueryVector:
     return QueryVector([round(float(x), 6) for x in vector], spec.model)
 
 
+@dataclass
+class PassageSimilarityInput:
+    query: str
+    passages: list[str]
+    embedding: EmbeddingSpec | None = None  # None: the worker's default model
+
+
+@dataclass
+class PassageSimilarity:
+    scores: list[float]  # cosine of each passage with the query, in order
+
+
+@activity.defn(name="keel.passage_similarity")
+def passage_similarity(inp: PassageSimilarityInput) -> PassageSimilarity:
+    """How close each passage of the retrieved chunks is in meaning to the question (the
+    sentence embeddings' cosine), for :func:`keel.steps.rank_passages`."""
+    rt = runtime()
+    vectors = rt.embedder(inp.embedding or rt.settings.embedding_spec).embed([inp.query, *inp.passages])
+    return PassageSimilarity([round(float(x), 4) for x in vectors[1:] @ vectors[0]])
+
+
 @activity.defn(name="keel.hybrid_search")
 def hybrid_search(inp: SearchInput) -> SearchResult:
     rt = runtime()
@@ -211,5 +232,5 @@ def erase_tenant_data(inp: EraseTenantInput) -> ErasedData:
 
 
 INDEX_ACTIVITIES = [
-    index_document, delete_document, set_readers, hybrid_search, embed_query, indexed_versions, index_stats, erase_tenant_data,
+    index_document, delete_document, set_readers, hybrid_search, embed_query, passage_similarity, indexed_versions, index_stats, erase_tenant_data,
 ]

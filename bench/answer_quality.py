@@ -107,6 +107,11 @@ HELD_OUT: list[tuple[str, list[str]]] = [
 ]
 
 
+def read_questions(name: str) -> list[tuple[str, list[str]]]:
+    path = Path(__file__).with_name(f"answer_quality_{name}.jsonl") if name in ("validation", "fresh") else Path(name)
+    return [(q["question"], list(q["facts"])) for q in map(json.loads, path.read_text().splitlines()) if q]
+
+
 def correct(answer: str, facts: list[str]) -> bool:
     return all(f.lower() in answer.lower() for f in facts)
 
@@ -159,7 +164,7 @@ async def run(config: str, limit: int, questions: list[tuple[str, list[str]]]) -
                 valid += model_valid
                 right += correct(result.answer, facts)
                 ungrounded += model_valid and not correct(result.answer, facts)
-                print(f"{config} {question!r}: {result.answer!r} degraded={result.degraded} ({result.degraded_reason})", file=sys.stderr)
+                print(f"{config} {times[-1]:.1f}s {question!r}: {result.answer!r} degraded={result.degraded} ({result.degraded_reason})", file=sys.stderr)
             n = len(questions)
             return {
                 "model": {"extractive": "extractive", "judge": f"{settings.provider_chain[0].model}+judge"}.get(config, settings.provider_chain[0].model),
@@ -173,12 +178,16 @@ async def run(config: str, limit: int, questions: list[tuple[str, list[str]]]) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", action="append", choices=["default", "judge", "gemma3-270m", "extractive"])
-    parser.add_argument("--limit", type=int, default=len(QUESTIONS))
-    parser.add_argument("--questions", choices=["tuning", "held-out"], default="tuning",
-                        help="tuning: the 32 questions the floor was tuned on; held-out: 20 written afterwards")
+    parser.add_argument("--limit", type=int, default=1000)
+    parser.add_argument("--questions", default="tuning", help=(
+        "tuning: the 32 questions the floor was first tuned on; held-out: 20 written after it (since used to tune); "
+        "validation: 30 written by a helper who saw no answering code (since used to tune); fresh: 30 more, written "
+        "like validation, run once per release; or a JSONL file of {\"question\": ..., \"facts\": [...]}"
+    ))
     args = parser.parse_args()
+    questions = {"tuning": QUESTIONS, "held-out": HELD_OUT}.get(args.questions) or read_questions(args.questions)
     for config in args.config or ["default", "extractive"]:
-        print(json.dumps(asyncio.run(run(config, args.limit, HELD_OUT if args.questions == "held-out" else QUESTIONS))), flush=True)
+        print(json.dumps(asyncio.run(run(config, args.limit, questions))), flush=True)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 
 Poisoned documents and hostile questions (written here), and as many clean cases, go through
 exactly what ``AnswerQuestion`` does between retrieval and its result: ``injection.guard``
-(quarantine), the ``answer-v2`` messages, the model, the workflow's checks (citations,
+(quarantine), the default prompt's messages, the model, the workflow's checks (citations,
 grounding, output), one repair re-ask with the errors, and the extractive floor. The model is
 scripted to obey: an instruction to say something is said, a request for the system prompt is
 answered with it. Prints one JSON line:
@@ -112,22 +112,24 @@ def obeying_model(messages, system_prompt: str) -> dict:
 def ask(document: str, question: str, defence: bool) -> tuple[str, bool, bool]:
     """(final answer, flagged, degraded) for one case, as AnswerQuestion would produce it."""
     found = SearchResult([SearchHit("c1", "d1", "/docs/museum.md", "Visiting\n" + document, 0.8, 0.05)], "m")
-    version = "answer-v2" if defence else "answer-v1"
+    version = prompts.DEFAULT_PROMPT if defence else "answer-v1"
     system = prompts.PROMPTS[version]
-    findings = []
+    findings, ranked = [], None
     if defence:
         found, findings = injection.guard(question, found)
-    messages = prompts.answer_messages(version, question, found)
+        ranked = prompts.rank_passages(question, found.hits)  # by words only: no embedding model here
+    messages = prompts.answer_messages(version, question, found, ranked)
     for _ in range(2):  # the answer, then one repair re-ask with the errors
         reply = prompts.AnswerPayload(**obeying_model(messages, system))
         errors = prompts.citation_errors(reply, found)
         if defence:
             errors = errors or prompts.grounding_errors(reply, found, question)
+            errors = errors or prompts.agreement_errors(reply, found, ranked, question)
             errors += injection.output_errors(reply.answer, system, findings)
         if not errors:
             return reply.answer, bool(findings), False
         messages = messages + [prompts.Message("assistant", reply.model_dump_json()), prompts.Message("user", "; ".join(errors))]
-    answer, _ = prompts.best_sentences(question, found.hits) if defence else (prompts.extractive_answer(found.hits[0].text), None)
+    answer, _ = prompts.best_sentences(question, found.hits, ranked=ranked) if defence else (prompts.extractive_answer(found.hits[0].text), None)
     return answer, bool(findings), True
 
 

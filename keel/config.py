@@ -104,7 +104,7 @@ class KeelSettings(BaseSettings):
     llm_response_format: Literal["auto", "json_schema", "json_object"] = "auto"
     llm_port: int = 8088  # port of the local llama.cpp server started by `keel up`
     llm_start_local: bool = True  # `keel up` starts the local model server
-    prompt_version: str = "answer-v2"
+    prompt_version: str = "answer-v3"
 
     # The provider chain, tried in order (see keel/providers.py and README "LLM calls"). Empty:
     # one provider named "default" made of the llm_* settings above.

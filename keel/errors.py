@@ -128,7 +128,7 @@ class InvalidRequest(KeelError):
     >>> from keel.llm.prompts import answer_messages
     >>> answer_messages("answer-v9", "q", None)
     Traceback (most recent call last):
-    keel.errors.InvalidRequest: unknown prompt_version 'answer-v9'; known: answer-v1, answer-v2
+    keel.errors.InvalidRequest: unknown prompt_version 'answer-v9'; known: answer-v1, answer-v2, answer-v3
     """
 
     retryable = False

@@ -97,6 +97,7 @@ STEP_DEFAULTS: dict[str, StepOptions] = {
     "indexed_versions": StepOptions(start_to_close_timeout=timedelta(minutes=2), retry_policy=INDEX_RETRY),
     "embed_query": StepOptions(start_to_close_timeout=timedelta(minutes=1), retry_policy=STEP_RETRY),
     "hybrid_search": StepOptions(start_to_close_timeout=timedelta(minutes=2), retry_policy=STEP_RETRY),
+    "passage_similarity": StepOptions(start_to_close_timeout=timedelta(minutes=1), retry_policy=STEP_RETRY),
     "index_stats": StepOptions(start_to_close_timeout=timedelta(minutes=1), retry_policy=STEP_RETRY),
     # LLM: planning (breaker and budget reads, prompt storage, cache lookup) is local; the request
     # itself runs on the provider's queue with the provider's own retry policy (keel.llm).

@@ -35,6 +35,8 @@ from keel.activities import ingest as _ingest
 from keel.activities.index import IndexStatsOutput
 from keel.activities.ingest import DocumentEntry, Manifest
 from keel.errors import from_application_error
+from keel.llm import prompts
+from keel.llm.prompts import RankedPassage
 from keel.options import STEP_DEFAULTS, StepOptions
 from keel.types import (
     ChunkSpec,
@@ -64,6 +66,7 @@ __all__ = [
     "list_documents",
     "manifest_page",
     "partition",
+    "rank_passages",
     "read_chunks",
     "scrub_pii",
     "set_readers",
@@ -266,6 +269,26 @@ async def hybrid_search(
         opts = StepOptions(task_queue=options.task_queue, local=options.local) if options else None
         inp.vector = (await _run("embed_query", _index.embed_query, _index.EmbedQueryInput(query, embedding), opts, index=True)).vector
     return await _run("hybrid_search", _index.hybrid_search, inp, options, index=True)
+
+
+async def rank_passages(question: str, found: SearchResult, *, options: StepOptions | None = None) -> list[RankedPassage]:
+    """The passages of ``found``'s chunks, best answer to ``question`` first: words shared
+    (BM25-weighted), closeness in meaning (one embedding step, on the index queue like a search)
+    and the kind of fact asked for (:func:`keel.llm.prompts.rank_passages`). What the
+    extractive floor answers with, and what a model's figures are checked against.
+
+    >>> import asyncio
+    >>> from keel.types import SearchHit, SearchResult
+    >>> found = SearchResult([SearchHit("c1", "d1", "ferry.txt", "The ferry leaves at 13:30. Tickets are sold on board.", 0.6, 0.05)], "all-MiniLM-L6-v2")
+    >>> asyncio.run(rank_passages("What time does the ferry depart?", found))[0].text
+    'The ferry leaves at 13:30.'
+    """
+    passages = prompts.candidate_passages(found.hits)
+    if not passages:
+        return []
+    inp = _index.PassageSimilarityInput(question, passages, EmbeddingSpec(found.embedding_model) if found.embedding_model else None)
+    similarity = await _run("passage_similarity", _index.passage_similarity, inp, options, index=True)
+    return prompts.rank_passages(question, found.hits, similarity.scores)
 
 
 async def indexed_versions(tenant: str, document_ids: list[str], *, options: StepOptions | None = None) -> dict[str, str]:

@@ -164,7 +164,7 @@ def test_answer_metric_helpers():
 async def test_whatif_prompt_change_pays_one_llm_call_and_no_search(keel: KeelEnv, evalq, small_corpus, fake_llm):
     settings, client = evalq
     original, handle = await keel.ask("How much does a family membership cost?", tenant="evalt")
-    assert original.answerable and original.attempts == 1 and original.settings.prompt_version == "answer-v2"
+    assert original.answerable and original.attempts == 1 and original.settings.prompt_version == "answer-v3"
     before = len(fake_llm.requests)
     result = await client.execute_workflow(
         WhatIfAsk.run,
@@ -174,10 +174,11 @@ async def test_whatif_prompt_change_pays_one_llm_call_and_no_search(keel: KeelEn
     )
     assert len(fake_llm.requests) - before == 1  # exactly one new LLM call, counted at the fake
     assert "Cite the sources you used." in json.dumps(fake_llm.requests[-1]["messages"])
-    assert result.changed == {"prompt_version": "answer-v2 -> answer-v1"}
+    assert result.changed == {"prompt_version": "answer-v3 -> answer-v1"}
     assert result.executed.get("keel.llm_request") == 1
-    assert not {"keel.hybrid_search", "keel.embed", "keel.scrub_text"} & set(result.executed)
+    assert not {"keel.hybrid_search", "keel.embed", "keel.scrub_text", "keel.passage_similarity"} & set(result.executed)
     assert result.reused.get("keel.hybrid_search") == 1 and result.reused.get("keel.scrub_text") == 1
+    assert result.reused.get("keel.passage_similarity") == 1  # the passages are not embedded again
     # The re-run's own history: no search or embedding activity, scheduled or local.
     history = await client.get_workflow_handle(result.workflow_id).fetch_history()
     scheduled = [

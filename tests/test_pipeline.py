@@ -183,9 +183,26 @@ async def test_answer_cites_only_retrieved_chunks(keel: KeelEnv, fake_llm, demo_
     assert result.answerable and not result.degraded
     assert result.attempts == 1 and len(result.citations) >= 1
     assert result.usage.prompt_tokens > 0
-    assert result.settings.prompt_version == "answer-v2"  # the default: sources as delimited data
+    assert result.settings.prompt_version == "answer-v3"  # the default: the best passages, as delimited data
     sent = fake_llm.requests[-1]
     assert sent["response_format"]["type"] == "json_schema"
+
+
+async def test_the_model_reads_the_passages_that_answer_and_a_figure_from_another_line_is_refused(keel: KeelEnv, fake_llm, demo_corpus):
+    wrong = '{"answer": "A family membership costs $45 per year.", "citations": ["S1"]}'  # the Individual tier's price
+    fake_llm.script(Step.ok(wrong), Step.ok(wrong))
+    result, handle = await keel.ask("How much does a family membership cost?", tenant="acme", use_cache=False)
+    prompt = fake_llm.requests[0]["messages"][1]["content"]
+    # answer-v3: at most five passages under their chunks' labels, the family price among them,
+    # not the whole chunks (the renewal record further down the membership page is not shown).
+    assert "$75 per year" in prompt and prompt.count("<source ") <= 5 and "Renewal processed" not in prompt
+    assert result.degraded and result.attempts == 2, result
+    assert "$75" in result.answer and "$45" not in result.answer, result.answer
+    # The passage ranking is a step of its own, next to the search, visible in the UI.
+    events = [e async for e in handle.fetch_history_events()]
+    steps_run = [e.activity_task_scheduled_event_attributes.activity_type.name for e in events if e.HasField("activity_task_scheduled_event_attributes")]
+    markers = [e.marker_recorded_event_attributes for e in events if e.HasField("marker_recorded_event_attributes")]
+    assert "keel.passage_similarity" in steps_run or any("keel.passage_similarity" in str(m) for m in markers)
 
 
 async def test_invalid_answer_is_repaired_once(keel: KeelEnv, fake_llm, demo_corpus):

@@ -7,8 +7,9 @@ activities, a new timer, a different child) fails here, in CI, instead of in pro
 running workflows. 0.2.0 rebuilt the pipelines on the public API and is not replay-compatible
 with 0.1.0 runs of the pipelines (README "Upgrading from 0.1"): which 0.1.0 histories still
 replay is pinned below, so a break that is not stated fails too. 0.3.0 (asks on the index
-owner's queue search as a local activity; agents) replays 0.2.0's histories unchanged, 0.4.0
-and 0.5.0 (answer checks behind ``workflow.patched``) every earlier one since 0.2.0.
+owner's queue search as a local activity; agents) replays 0.2.0's histories unchanged, 0.4.0,
+0.5.0 (answer checks behind ``workflow.patched``) and 0.6.0 (passage ranking behind
+``workflow.patched``) every earlier one since 0.2.0.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from keel import KeelPlugin, KeelSettings
 from keel.workflows import ALL_WORKFLOWS
 
 HISTORIES = Path(__file__).parent / "histories"
-CURRENT = "0.5.0"
+CURRENT = "0.6.0"
 CURRENT_HISTORIES = sorted((HISTORIES / CURRENT).glob("*.json"))
-COMPATIBLE_HISTORIES = [h for v in ("0.2.0", "0.3.0", "0.4.0") for h in sorted((HISTORIES / v).glob("*.json"))] + CURRENT_HISTORIES
+COMPATIBLE_HISTORIES = [h for v in ("0.2.0", "0.3.0", "0.4.0", "0.5.0") for h in sorted((HISTORIES / v).glob("*.json"))] + CURRENT_HISTORIES
 RELEASE_0_1 = sorted(HISTORIES.glob("*.json"))
 # 0.1.0 histories of the entity workflows, whose code did not change, still replay; the
 # pipelines' do not (stated in the README).

@@ -229,6 +229,86 @@ def test_extractive_answer_quotes_the_best_chunk():
     assert prompts.extractive_answer(FOUND.hits[0].text) == "Open daily. Closed Mondays."
 
 
+def _hits(*texts: str) -> list[SearchHit]:
+    return [SearchHit(f"c{i}", f"d{i}", f"doc{i}.txt", text, 0.7 - i / 100, 0.05) for i, text in enumerate(texts)]
+
+
+@pytest.mark.parametrize("question,texts,expected", [
+    # "how far" wants a distance, not the walk's duration or a crowd
+    ("How far is the procession walk?",
+     ["About 5,100 people walked in the procession.", "The procession walk takes 45 minutes.", "The procession walk is 2.4 km long."],
+     "2.4 km"),
+    # "how many panels": the number next to "panels" beats the year in the same chunk
+    ("How many solar panels were installed?", ["Panels were installed between April and August 2022.", "The array has 36 solar panels."],
+     "36 solar panels"),
+    # "how much ... weigh" asks for a weight, not a price
+    ("How much does the lens weigh?", ["Adult admission costs $12.", "The lens weighs 2.7 tonnes and holds 1,008 prisms."], "2.7 tonnes"),
+    # "how much diesel" asks for a quantity, not money
+    ("How much diesel did the station burn a year?", ["Running costs fell by $14,000 a year.", "It burned 9,800 litres of diesel a year."],
+     "9,800 litres"),
+    # "began" is "begin": the passage saying when the work began beats the vote before it
+    ("When did the restoration begin?", ["Members voted to restore the lens in 2013.", "The restoration began in 2014."], "2014"),
+])
+def test_the_floor_ranks_the_passage_that_answers_first(question, texts, expected):
+    ranked = prompts.rank_passages(question, _hits(*texts))
+    assert expected in ranked[0].text, ranked
+
+
+def test_meaning_decides_between_passages_sharing_no_words_with_the_question():
+    hits = _hits("Departures are at 10:00 and 13:30.", "The last shuttle buses leave at 22:00.")
+    question = "When does the afternoon boat go?"
+    # Without the embedding step's similarity the words decide ("leave" is not in the question either).
+    assert prompts.rank_passages(question, hits, similarity=[0.62, 0.18])[0].text.startswith("Departures")
+    assert prompts.rank_passages(question, hits, similarity=[0.18, 0.62])[0].text.startswith("The last")
+    with pytest.raises(ValueError, match="2 similarities for 3 passages"):
+        prompts.rank_passages(question, _hits("One. Two.", "Three."), similarity=[0.1, 0.2])
+
+
+def test_a_figure_must_come_from_the_passages_that_answer():
+    question = "How much is the family day ticket?"
+    hits = _hits("Adult admission is $12. Children pay $6.", "Parking costs $5 a day.", "The family day ticket costs $32.")
+    found = SearchResult(hits, "m")
+    ranked = prompts.rank_passages(question, hits)
+    assert ranked[0].text == "The family day ticket costs $32."
+
+    def errors(answer: str) -> list[str]:
+        return prompts.agreement_errors(prompts.AnswerPayload(answer=answer, citations=["S1", "S3"]), found, ranked, question)
+
+    assert errors("A family day ticket is $32.") == []
+    assert errors("$32, or $12 per adult.") == []  # the asked figure, with context
+    assert errors("A family day ticket is $5.") != [] and errors("It costs $12.") != []
+    assert errors("Families are welcome.") == []  # no figure: the short-answer rule (grounding_errors) decides
+    assert errors("Parking is free for visiting hours.") != []  # about something else
+    assert errors("The family day ticket is sold at the gate.") == []  # no figure, on topic
+    # "who" asks for no figure, but an answer must still be about what was asked
+    assert prompts.agreement_errors(prompts.AnswerPayload(answer="In 1868.", citations=["S1"]), found, ranked, "Who built it?") != []
+    # each sentence on its own: a supported first one does not carry an invented second one
+    assert errors("The family day ticket costs $32. Dogs must be kept indoors for safety reasons.") != []
+
+
+def test_a_figure_answer_is_refused_when_two_passages_answer_about_equally_well():
+    question = "What is the operating budget per year?"
+    found = SearchResult(_hits("The operating budget is about $600,000 a year.", "The maintenance budget is $186,000 a year."), "m")
+    ranked = [prompts.RankedPassage(found.hits[0].text, 0, 0, 1.40), prompts.RankedPassage(found.hits[1].text, 1, 0, 1.39)]
+    reply = prompts.AnswerPayload(answer="The operating budget is $600,000 a year.", citations=["S1"])
+    assert any("about equally well" in e for e in prompts.agreement_errors(reply, found, ranked, question))
+    ranked[1].score = 0.9  # a clear winner: its figure stands
+    assert prompts.agreement_errors(reply, found, ranked, question) == []
+    assert "$600,000" in prompts.best_sentences(question, found.hits, ranked=ranked)[0]
+
+
+def test_a_yes_or_no_answer_must_restate_its_source():
+    question = "Are dogs allowed inside the tower?"
+    found = SearchResult(_hits("Only assistance dogs are allowed inside the tower, the museum and the visitor centre."), "m")
+    ranked = prompts.rank_passages(question, found.hits)
+
+    def errors(answer: str) -> list[str]:
+        return prompts.agreement_errors(prompts.AnswerPayload(answer=answer, citations=["S1"]), found, ranked, question)
+
+    assert errors("No, dogs are not allowed inside the tower.") != []  # drops "only assistance dogs"
+    assert errors("Only assistance dogs are allowed inside the tower, the museum and the visitor centre.") == []
+
+
 def test_schema_limits_citations_to_source_labels():
     schema = prompts.answer_schema(3)
     assert schema["properties"]["citations"]["items"]["enum"] == ["S1", "S2", "S3"]

@@ -114,11 +114,18 @@ class AnswerQuestion:
                 result.injection = sorted({f.rule for f in findings})
                 workflow.upsert_search_attributes([KEEL_INJECTION.value_set("flagged")])
         system_prompt = prompts.PROMPTS.get(inp.prompt_version, "")
+        ranked = None
+        if workflow.patched("keel-passage-ranking"):
+            # 0.6: the chunks' passages ranked for this question (words, meaning, kind of fact):
+            # a model's figure must come from the best of them, and the floor answers with them.
+            ranked = await steps.rank_passages(question.text, found)
 
         def check(reply: prompts.AnswerPayload) -> list[str]:
             errors = prompts.citation_errors(reply, found)
             if grounded and not errors:
                 errors = prompts.grounding_errors(reply, found, question.text)
+            if ranked is not None and not errors:
+                errors = prompts.agreement_errors(reply, found, ranked, question.text)
             return errors + injection.output_errors(reply.answer, system_prompt, findings)
 
         async def judge(reply: prompts.AnswerPayload) -> list[str]:
@@ -131,10 +138,10 @@ class AnswerQuestion:
             return []
 
         out = await llm.complete(
-            prompts.answer_messages(inp.prompt_version, question.text, found),
+            prompts.answer_messages(inp.prompt_version, question.text, found, ranked),
             prompts.AnswerPayload,
             tenant=inp.tenant,
-            schema=prompts.answer_schema(len(found.hits)),
+            schema=prompts.answer_schema(len(found.hits), prompts.answer_labels(inp.prompt_version, question.text, found, ranked)),
             validate=check,
             judge=judge if inp.judge else None,
             cites=lambda reply: [h.chunk_id for h in found.cited(reply.citations)],
@@ -153,7 +160,7 @@ class AnswerQuestion:
             settings.cache_source_workflow_id, settings.cache_similarity = out.cache_source_workflow_id, out.cache_similarity
         else:
             if grounded:
-                result.answer, top = prompts.best_sentences(question.text, found.hits)
+                result.answer, top = prompts.best_sentences(question.text, found.hits, ranked=ranked)
             else:
                 top = found.hits[0]
                 result.answer = prompts.extractive_answer(top.text)

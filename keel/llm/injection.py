@@ -1,7 +1,7 @@
 """Prompt-injection defence for answers: find instructions hidden in retrieved text or a
 question, keep them out of the prompt, and refuse answers that obey them.
 
-Retrieved chunks and the question are data. ``answer-v2`` (the default prompt) delimits and
+Retrieved chunks and the question are data. ``answer-v2`` and ``answer-v3`` (the default) delimit and
 labels them and tells the model so; this module adds what a prompt cannot guarantee:
 
 * :func:`scan` matches a small rule set, each rule with the attack it stands for (``RULES``),

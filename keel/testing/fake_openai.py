@@ -197,7 +197,7 @@ def _sources_or_last_user_text(body: dict) -> str:
     """The last user message showing sources (a repair re-ask answers from them too), else the
     last user message."""
     for message in reversed(_messages(body)):
-        if isinstance(message, dict) and message.get("role") == "user" and re.search(r'\[S1\]|<source id="S1"', _message_text(message)):
+        if isinstance(message, dict) and message.get("role") == "user" and re.search(r'\[S1\]|<source id="S\d+"', _message_text(message)):
             return _message_text(message)
     return _last_user_text(body)
 
@@ -322,10 +322,10 @@ def answer_content(body: dict) -> str:
 
 
 def _first_source(text: str) -> str:
-    """The text of the first source (``<source id="S1">`` or ``[S1] (file)``) when the message
-    shows sources, so the fake answers from what it cites (its first citation label), as a
-    grounded model would; else the whole message."""
-    match = re.search(r'<source id="S1"[^>]*>\n(.*?)\n</source>', text, re.S) or re.search(
+    """The text of the first source shown (``<source id="S3">``, or ``[S1] (file)``) when the
+    message shows sources, so the fake answers from what it cites (the schema's first citation
+    label is the first source shown), as a grounded model would; else the whole message."""
+    match = re.search(r'<source id="S\d+"[^>]*>\n(.*?)\n</source>', text, re.S) or re.search(
         r"\[S1\][^\n]*\n(.*?)(?:\n\n\[S2\]|\n\nQuestion:|$)", text, re.S
     )
     return match.group(1) if match else text
