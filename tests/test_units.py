@@ -275,7 +275,8 @@ def test_a_figure_must_come_from_the_passages_that_answer():
         return prompts.agreement_errors(prompts.AnswerPayload(answer=answer, citations=["S1", "S3"]), found, ranked, question)
 
     assert errors("A family day ticket is $32.") == []
-    assert errors("$32, or $12 per adult.") == []  # the asked figure, with context
+    assert errors("$32, or $12 per adult.") != []  # $12 is not in the passages that answer
+    assert errors("The family day ticket.") != []  # the question, repeated
     assert errors("A family day ticket is $5.") != [] and errors("It costs $12.") != []
     assert errors("Families are welcome.") == []  # no figure: the short-answer rule (grounding_errors) decides
     assert errors("Parking is free for visiting hours.") != []  # about something else
@@ -295,6 +296,20 @@ def test_a_figure_answer_is_refused_when_two_passages_answer_about_equally_well(
     ranked[1].score = 0.9  # a clear winner: its figure stands
     assert prompts.agreement_errors(reply, found, ranked, question) == []
     assert "$600,000" in prompts.best_sentences(question, found.hits, ranked=ranked)[0]
+
+
+def test_no_model_answer_is_taken_from_sources_that_do_not_hold_the_question():
+    question = "What was the total cost of restoring the Greyhaven lens?"
+    found = SearchResult(_hits("Storm repairs\nThe repairs cost $1.27 million in total.", "Parking costs $5 a day."), "m")
+    ranked = prompts.rank_passages(question, found.hits)
+    reply = prompts.AnswerPayload(answer="The total cost of restoring the Greyhaven lens was $1.27 million.", citations=["S1"])
+    assert any("do not clearly answer" in e for e in prompts.agreement_errors(reply, found, ranked, question))
+    found = SearchResult(_hits("Lens restoration\nRestoring the Greyhaven lens cost $418,000 in total."), "m")
+    ranked = prompts.rank_passages(question, found.hits)
+    reply = prompts.AnswerPayload(answer="Restoring the Greyhaven lens cost $418,000.", citations=["S1"])
+    assert prompts.agreement_errors(reply, found, ranked, question) == []
+    debris = prompts.AnswerPayload(answer="} Restoring the Greyhaven lens cost $418,000. The answer is: {", citations=["S1"])
+    assert any("JSON debris" in e for e in prompts.agreement_errors(debris, found, ranked, question))
 
 
 def test_a_yes_or_no_answer_must_restate_its_source():

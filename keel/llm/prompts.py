@@ -29,6 +29,7 @@ from keel.types import SearchResult, source_label
 
 NOT_ANSWERABLE = "Not answerable from the sources: no indexed passage is relevant enough to this question."
 DEFAULT_PROMPT = "answer-v3"
+MIN_EVIDENCE = 1 / 3  # share of the question's terms the best passage's chunk must hold (agreement_errors)
 TIE = 0.9  # a passage scoring within this share of the best ties with it (agreement_errors)
 FOCUSED_PASSAGES = 5  # answer-v3 shows the model this many of the best passages (rank_passages)
 
@@ -282,7 +283,8 @@ def rank_passages(question: str, hits: list, similarity: list[float] | None = No
     :func:`keel.steps.rank_passages`: "departures" answers "when does the ferry leave"). What
     the question asks for then multiplies it: a price for "how much", a date for "when", a
     time for "what time", a distance for "how far", a weight for "how heavy", a number next to
-    the counted thing for "how many" (x1.5); without it x0.3. Ties go to the better-ranked
+    the counted thing for "how many" (x1.5); without it x0.3. A heading (up to eight words, no
+    figure, no full stop) counts half: it names a topic, it does not answer. Ties go to the better-ranked
     chunk, then the earlier passage. Deterministic and pure: safe in workflow code.
 
     >>> from keel.types import SearchHit
@@ -309,6 +311,8 @@ def rank_passages(question: str, hits: list, similarity: list[float] | None = No
         score = lexical / (0.75 + 0.25 * len(passage.split()) / average) / total
         if similarity is not None:
             score += max(0.0, similarity[j])
+        if _HEADING.match(passage):  # a section title names a topic, it does not answer
+            score *= 0.5
         ranked.append(RankedPassage(passage, rank, i, round(score * _kind_weight(kind, passage, wanted), 6)))
     ranked.sort(key=lambda p: (-p.score, p.hit, p.position))
     return ranked
@@ -330,29 +334,34 @@ def answering_passages(ranked: list[RankedPassage], most: int = 2, within: float
 
 def agreement_errors(reply: AnswerPayload, found: SearchResult, ranked: list[RankedPassage], question: str) -> list[str]:
     """Checks of an answer against the passages that answer the question (0.6, on top of
-    :func:`grounding_errors`):
+    :func:`grounding_errors`). A small model's usual wrong answers pass a lexical grounding
+    check; these refuse them:
 
-    - an answer that gives figures (a price, a date, a count...) must take at least one of them
-      from the best passage, not only from lines
-      about something else in the same sources (a small model's most common wrong answer is a
-      right-looking number from the wrong line); others may come along as context;
-    - every sentence must be supported on its own (:data:`MIN_SUPPORT` of its content words in
-      the cited sources or the question): a right first sentence does not carry an invented
-      second one ("Dogs must be kept indoors for safety reasons");
-    - when a second passage scores within :data:`TIE` of the best and holds other figures, a
-      figure answer is refused: the sources do not settle which one (the floor quotes both);
-    - the answer must be about what was asked: share a word with the question (beyond "how
-      much", "cost"...) unless one of its figures comes from the best passage ("The
-      family is free for visiting hours." does not answer "How much is a student membership?");
-    - the answer to a yes/no question must restate the best passage (most of its
-      content words): a bare "No, dogs are not allowed" drops the "only assistance dogs" its
-      source says, and a small model's yes or no is not evidence.
+    - figures: at least one from the best passage, every other one from the passages the floor
+      would quote (:func:`answering_passages`), none from a line about something else in the
+      same sources ("$32 for adults" when $32 is the family ticket);
+    - a tie: when a second passage scores within :data:`TIE` of the best and holds other
+      figures, a figure answer is refused: the sources do not settle which (the floor quotes both);
+    - on point: the answer says something the question does not ("October 2019 storm" to "What
+      do locals call the October 2019 storm?"), and shares a word with the question (beyond "how
+      much", "cost"...) unless its figure comes from the best passage ("The family is free for
+      visiting hours." does not answer "How much is a student membership?");
+    - every sentence supported on its own (:data:`MIN_SUPPORT` of its content words in the cited
+      sources or the question): a right first sentence does not carry an invented second one;
+    - a yes/no answer restates the best passage (most of its content words): "No, dogs are not
+      allowed inside the tower" drops the "only assistance dogs" its source says, and a small
+      model's yes or no is not evidence;
+    - evidence: the chunk of the best passage holds at least :data:`MIN_EVIDENCE` of the
+      question's terms; below, the search likely missed the passage that answers, and a model
+      would answer from the wrong one ("$1.27 million", the storm repairs, for the cost of
+      restoring a lens); the floor quotes it, marked degraded;
+    - no JSON debris (``"} The budget is $186,000. The answer is: {"``).
 
     >>> from keel.types import SearchHit, SearchResult
     >>> found = SearchResult([SearchHit("c1", "d1", "v.txt", "Adults: $12. Parking: $5 a day. Family day ticket: $32.", 0.7, 0.05)], "m")
     >>> q = "How much is the family day ticket?"
     >>> ranked = rank_passages(q, found.hits)
-    >>> agreement_errors(AnswerPayload(answer="The family ticket is $32 (adults $12).", citations=["S1"]), found, ranked, q)
+    >>> agreement_errors(AnswerPayload(answer="The family day ticket is $32.", citations=["S1"]), found, ranked, q)
     []
     >>> agreement_errors(AnswerPayload(answer="The family ticket costs $12.", citations=["S1"]), found, ranked, q)
     ['none of the figures 12 is in the passages that best answer the question: take the figure from the passage about what was asked']
@@ -360,11 +369,27 @@ def agreement_errors(reply: AnswerPayload, found: SearchResult, ranked: list[Ran
     ["the answer's sentence 'Tickets are sold online by phone booking only.' is not supported by the sources it cites: answer from the sources only"]
     """
     errors = []
+    if "{" in reply.answer or "}" in reply.answer:
+        errors.append("the answer holds JSON debris: the answer field is the sentence alone")
+    wanted = {_term(w) for w in _content_words(question)} - _ASKING_TERMS
+    if ranked and wanted:
+        held = {_term(w) for w in _content_words(found.hits[ranked[0].hit].text)} & wanted
+        if len(held) / len(wanted) < MIN_EVIDENCE:
+            errors.append("the sources retrieved do not clearly answer this question: no model answer is taken from them")
     figures = [n for n in dict.fromkeys(_NUMBER.findall(reply.answer)) if n not in question]
     answering = ranked[:1]  # strict: the best passage (the floor may add a close second)
     stated = {n.replace(",", "") for p in answering for n in _NUMBER.findall(p.text)}
     from_best = any(n.replace(",", "") in stated for n in figures)
-    topic = {_stem(w) for w in _content_words(question)} - _ASKING_WORDS
+    quoted = {n.replace(",", "") for p in answering_passages(ranked) for n in _NUMBER.findall(p.text)}
+    if from_best and (elsewhere := [n for n in figures if n.replace(",", "") not in quoted]):
+        errors.append(
+            f"the answer's {', '.join(elsewhere)} is not in the passages that answer the question: "
+            "take every figure from the passage about what was asked"
+        )
+    asked = {_stem(w) for w in _content_words(question)}
+    if not figures and not {_stem(w) for w in _content_words(reply.answer)} - asked:
+        errors.append("the answer only repeats the question: say what the sources say")
+    topic = asked - _ASKING_WORDS
     if topic and not from_best and not topic & {_stem(w) for w in _content_words(reply.answer)}:
         errors.append("the answer does not say anything about what was asked: answer the question from the sources")
     if figures:
@@ -417,6 +442,7 @@ def best_sentences(
     return text, hits[ranked[0].hit]
 
 
+_HEADING = re.compile(r"^(?!.*\d)(?:\S+\s+){0,7}\S+$(?<![.!?])")
 _POLAR = re.compile(r"^\s*(?:is|are|was|were|can|could|do|does|did|may|might|will|would|should|must|has|have|had)\b", re.IGNORECASE)
 
 
