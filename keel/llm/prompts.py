@@ -278,14 +278,15 @@ def rank_passages(question: str, hits: list, similarity: list[float] | None = No
     line, ``"Adults (18-64): $12 Senior (65 and over): $10"``, a label with its first item). A
     passage scores the question's terms it holds (light stemming: "walked" is "walk", "began"
     is "begin"), each weighted by its rarity among the passages (BM25's idf, mild length
-    normalisation), plus a quarter for terms found elsewhere in its chunk (which lighthouse a
+    normalisation), plus half for terms found elsewhere in its chunk (which lighthouse a
     line is about), plus ``similarity`` (the passage's cosine with the question, from
     :func:`keel.steps.rank_passages`: "departures" answers "when does the ferry leave"). What
     the question asks for then multiplies it: a price for "how much", a date for "when", a
     time for "what time", a distance for "how far", a weight for "how heavy", a number next to
-    the counted thing for "how many" (x1.5); without it x0.3. A heading (up to eight words, no
-    figure, no full stop) counts half: it names a topic, it does not answer. Ties go to the better-ranked
-    chunk, then the earlier passage. Deterministic and pure: safe in workflow code.
+    the counted thing for "how many" (x1.5); without it x0.3. A passage naming the thing a
+    "which X" question asks for counts x1.5 ("which workshop"). A heading (up to eight words,
+    no figure, no full stop) counts half: it names a topic, it does not answer. Ties go to the
+    better-ranked chunk, then the earlier passage. Deterministic and pure: safe in workflow code.
 
     >>> from keel.types import SearchHit
     >>> hits = [SearchHit("c1", "d1", "s.docx", "Work began in 2022. It has 36 panels on a frame built in 2021.", 0.7, 0.05)]
@@ -294,6 +295,7 @@ def rank_passages(question: str, hits: list, similarity: list[float] | None = No
     """
     wanted = {_term(w) for w in _content_words(question)} - _ASKING_TERMS
     kind = _answer_kind(question)
+    head = _head_term(question)
     candidates = []
     for rank, hit in enumerate(hits):
         in_chunk = {_term(w) for w in _content_words(hit.text)} & wanted
@@ -307,12 +309,14 @@ def rank_passages(question: str, hits: list, similarity: list[float] | None = No
     average = sum(len(c[2].split()) for c in candidates) / n
     ranked = []
     for j, (rank, i, passage, found, in_chunk) in enumerate(candidates):
-        lexical = sum(idf[t] for t in found) + 0.25 * sum(idf[t] for t in in_chunk - found)
+        lexical = sum(idf[t] for t in found) + 0.5 * sum(idf[t] for t in in_chunk - found)
         score = lexical / (0.75 + 0.25 * len(passage.split()) / average) / total
         if similarity is not None:
             score += max(0.0, similarity[j])
         if _HEADING.match(passage):  # a section title names a topic, it does not answer
             score *= 0.5
+        if head and head in found:  # "which workshop": a passage naming a workshop
+            score *= HEAD_WEIGHT
         ranked.append(RankedPassage(passage, rank, i, round(score * _kind_weight(kind, passage, wanted), 6)))
     ranked.sort(key=lambda p: (-p.score, p.hit, p.position))
     return ranked
@@ -508,9 +512,21 @@ _ASKING_TERMS = frozenset(
 )
 
 
+HEAD_WEIGHT = 1.5
+
+
+def _head_term(question: str) -> str | None:
+    """The thing a "which X" / "what X" question asks to name ("which workshop" -> workshop)."""
+    m = re.search(r"\b(?:which|what)\s+([a-z]+)", question.lower())
+    if not m or m.group(1) in _STOPWORDS or m.group(1) in _NOT_A_QUANTITY:
+        return None
+    t = _term(m.group(1))
+    return None if t in _ASKING_TERMS else t
+
+
 def _answer_kind(question: str) -> str | None:
     """What the question asks for: money, time, when, length, long, weight, measure, count."""
-    q = question.lower()
+    q = question.lower().replace("in charge", "in-charge")  # "who is in charge" asks no price
     much = re.search(r"\bhow much (\w+)", q)
     if re.search(r"\bweigh|\bweight\b|\bheavy\b", q):
         return "weight"
@@ -526,7 +542,7 @@ def _answer_kind(question: str) -> str | None:
         return "count"
     if re.search(r"\b(?:budget|revenue|income|turnover|salary|wages?|donations?|grants?|spend|spent)\b", q):
         return "money"
-    asked = _asked_for(question)
+    asked = _asked_for(q)
     return None if asked is None else {_MONEY.pattern: "money", _TIME.pattern: "time", _WHEN.pattern: "when"}.get(asked[0].pattern, "count")
 
 
