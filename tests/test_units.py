@@ -310,6 +310,8 @@ def test_no_model_answer_is_taken_from_sources_that_do_not_hold_the_question():
     assert prompts.agreement_errors(reply, found, ranked, question) == []
     debris = prompts.AnswerPayload(answer="} Restoring the Greyhaven lens cost $418,000. The answer is: {", citations=["S1"])
     assert any("JSON debris" in e for e in prompts.agreement_errors(debris, found, ranked, question))
+    title = prompts.AnswerPayload(answer="LENS RESTORATION", citations=["S1"])
+    assert any("section title" in e for e in prompts.agreement_errors(title, found, ranked, "Who restored the Greyhaven lens?"))
 
 
 def test_a_yes_or_no_answer_must_restate_its_source():

@@ -359,7 +359,8 @@ def agreement_errors(reply: AnswerPayload, found: SearchResult, ranked: list[Ran
       question's terms; below, the search likely missed the passage that answers, and a model
       would answer from the wrong one ("$1.27 million", the storm repairs, for the cost of
       restoring a lens); the floor quotes it, marked degraded;
-    - no JSON debris (``"} The budget is $186,000. The answer is: {"``).
+    - no JSON debris (``"} The budget is $186,000. The answer is: {"``), and not a section
+      title of the sources ("SALTMARROW ISLAND LIGHT" for "Which firm built the new jetty?").
 
     >>> from keel.types import SearchHit, SearchResult
     >>> found = SearchResult([SearchHit("c1", "d1", "v.txt", "Adults: $12. Parking: $5 a day. Family day ticket: $32.", 0.7, 0.05)], "m")
@@ -373,6 +374,9 @@ def agreement_errors(reply: AnswerPayload, found: SearchResult, ranked: list[Ran
     ["the answer's sentence 'Tickets are sold online by phone booking only.' is not supported by the sources it cites: answer from the sources only"]
     """
     errors = []
+    headings = {p.text.lower() for p in ranked if _HEADING.match(p.text)}
+    if reply.answer.strip().rstrip(".").lower() in headings:
+        errors.append("the answer is a section title, not what it says: answer from the text under it")
     if "{" in reply.answer or "}" in reply.answer:
         errors.append("the answer holds JSON debris: the answer field is the sentence alone")
     wanted = {_term(w) for w in _content_words(question)} - _ASKING_TERMS
