@@ -293,6 +293,8 @@ def test_a_figure_answer_is_refused_when_two_passages_answer_about_equally_well(
     ranked = [prompts.RankedPassage(found.hits[0].text, 0, 0, 1.40), prompts.RankedPassage(found.hits[1].text, 1, 0, 1.39)]
     reply = prompts.AnswerPayload(answer="The operating budget is $600,000 a year.", citations=["S1"])
     assert any("about equally well" in e for e in prompts.agreement_errors(reply, found, ranked, question))
+    agreeing = [ranked[0], prompts.RankedPassage("The operating budget of $600,000 covers 9 staff.", 1, 1, 1.39)]
+    assert prompts.agreement_errors(reply, found, agreeing, question) == []  # a close second saying the same
     ranked[1].score = 0.9  # a clear winner: its figure stands
     assert prompts.agreement_errors(reply, found, ranked, question) == []
     assert "$600,000" in prompts.best_sentences(question, found.hits, ranked=ranked)[0]

@@ -344,8 +344,9 @@ def agreement_errors(reply: AnswerPayload, found: SearchResult, ranked: list[Ran
     - figures: at least one from the best passage, every other one from the passages the floor
       would quote (:func:`answering_passages`), none from a line about something else in the
       same sources ("$32 for adults" when $32 is the family ticket);
-    - a tie: when a second passage scores within :data:`TIE` of the best and holds other
-      figures, a figure answer is refused: the sources do not settle which (the floor quotes both);
+    - a tie: when a second passage scores within :data:`TIE` of the best and states figures but
+      not the answer's, a figure answer is refused: the sources do not settle which (the floor
+      quotes both);
     - on point: the answer says something the question does not ("October 2019 storm" to "What
       do locals call the October 2019 storm?"), and shares a word with the question (beyond "how
       much", "cost"...) unless its figure comes from the best passage ("The family is free for
@@ -406,8 +407,13 @@ def agreement_errors(reply: AnswerPayload, found: SearchResult, ranked: list[Ran
                 f"none of the figures {', '.join(figures)} is in the passages that best answer the question: "
                 "take the figure from the passage about what was asked"
             )
-        # A runner-up about as good with other figures: the floor quotes both, a model may not pick.
-        elif tied := [p for p in ranked[1:3] if p.score >= TIE * ranked[0].score and set(_NUMBER.findall(p.text)) - set(_NUMBER.findall(ranked[0].text))]:
+        # A runner-up about as good stating other figures, not the answer's: the sources disagree
+        # on what was asked; the floor quotes both, a model may not pick.
+        elif tied := [
+            p for p in ranked[1:3]
+            if p.score >= TIE * ranked[0].score and _NUMBER.search(p.text)
+            and not {n.replace(",", "") for n in _NUMBER.findall(p.text)} & {n.replace(",", "") for n in figures}
+        ]:
             errors.append(
                 f"two passages answer about equally well with different figures ({ranked[0].text[:80]!r}, {tied[0].text[:80]!r}): "
                 "the sources do not settle it"
