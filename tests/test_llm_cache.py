@@ -106,7 +106,7 @@ async def test_a_near_identical_question_is_a_semantic_hit(env, fake_providers):
     primary.script(Step.answer())  # an answer from its first source: grounded
     first, _ = await ask(env, "cache-a", "When did the Keepers' Archive open?", use_cache=True)
     result, _ = await ask(env, "cache-a", "when did the keepers archive open", use_cache=True)
-    assert len(primary.requests) == 1 and first.cache is None and not first.degraded
+    assert len(primary.requests) == 1 and first.cache is None and not first.degraded, (first.answer, first.degraded_reason)
     assert result.cache == "semantic" and result.answer == first.answer
     assert result.settings.cache_similarity >= env.settings.semantic_cache_threshold
 
@@ -129,15 +129,15 @@ async def test_the_cache_never_serves_one_tenants_answer_to_another(env, fake_pr
 async def test_no_cache_bypasses_the_lookup_and_refreshes_the_entry(env, fake_providers):
     primary, _ = fake_providers
     primary.script(
-        scripted_answer("A reef that had wrecked at least nineteen vessels."),
-        scripted_answer("A reef that had wrecked at least nineteen vessels between 1840 and 1866."),
+        scripted_answer("The Greyhaven Ledges, a reef that had wrecked at least nineteen vessels."),
+        scripted_answer("The Greyhaven Ledges had wrecked at least nineteen vessels between 1840 and 1866."),
     )
     question = "Which reef had wrecked at least nineteen vessels?"
     await ask(env, "cache-a", question, use_cache=True)
     fresh, _ = await ask(env, "cache-a", question, use_cache=False)
-    assert fresh.cache is None and fresh.answer == "A reef that had wrecked at least nineteen vessels between 1840 and 1866." and len(primary.requests) == 2
+    assert fresh.cache is None and fresh.answer == "The Greyhaven Ledges had wrecked at least nineteen vessels between 1840 and 1866." and len(primary.requests) == 2, fresh.degraded_reason
     cached, _ = await ask(env, "cache-a", question, use_cache=True)
-    assert cached.cache == "exact" and cached.answer == "A reef that had wrecked at least nineteen vessels between 1840 and 1866."
+    assert cached.cache == "exact" and cached.answer == "The Greyhaven Ledges had wrecked at least nineteen vessels between 1840 and 1866."
 
 
 async def test_degraded_answers_are_not_cached(env, fake_providers):

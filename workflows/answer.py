@@ -141,7 +141,7 @@ class AnswerQuestion:
             prompts.answer_messages(inp.prompt_version, question.text, found, ranked),
             prompts.AnswerPayload,
             tenant=inp.tenant,
-            schema=prompts.answer_schema(len(found.hits), prompts.answer_labels(inp.prompt_version, question.text, found, ranked)),
+            schema=prompts.answer_schema(len(found.hits)),  # every label: one cache scope per question's sources
             validate=check,
             judge=judge if inp.judge else None,
             cites=lambda reply: [h.chunk_id for h in found.cited(reply.citations)],

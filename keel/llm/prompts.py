@@ -95,15 +95,15 @@ def answer_schema(n_sources: int, labels: list[str] | None = None) -> dict:
 
 def focused_sources(ranked: list[RankedPassage], n: int = FOCUSED_PASSAGES) -> list[tuple[int, list[str]]]:
     """The chunks (by index in the hits) holding the ``n`` best passages, best first, each with
-    its chosen passages in the chunk's own order.
+    its chosen passages, best first (the prompt says so).
 
-    >>> focused_sources([RankedPassage("b", 1, 0, 0.9), RankedPassage("y", 0, 4, 0.5), RankedPassage("a", 1, 3, 0.4), RankedPassage("z", 2, 0, 0.1)], n=3)
+    >>> focused_sources([RankedPassage("b", 1, 3, 0.9), RankedPassage("y", 0, 4, 0.5), RankedPassage("a", 1, 0, 0.4), RankedPassage("z", 2, 0, 0.1)], n=3)
     [(1, ['b', 'a']), (0, ['y'])]
     """
     chosen: dict[int, list[RankedPassage]] = {}
     for p in ranked[:n]:
         chosen.setdefault(p.hit, []).append(p)
-    return [(hit, [p.text for p in sorted(ps, key=lambda p: p.position)]) for hit, ps in chosen.items()]
+    return [(hit, [p.text for p in ps]) for hit, ps in chosen.items()]
 
 
 def answer_labels(prompt_version: str, question: str, found: SearchResult, ranked: list[RankedPassage] | None = None) -> list[str]:

@@ -305,8 +305,9 @@ def answer_content(body: dict) -> str:
     """Content produced by ``Step.answer()`` for a request body.
 
     With ``response_format={"type": "json_schema", "json_schema": {"schema": S}}``
-    this is a JSON document satisfying ``S``: a property named ``answer`` gets the
-    first 30 words of the last user message (of its first source ``[S1]``, if it shows sources), enums get their first value, arrays
+    this is a JSON document satisfying ``S``: a property named ``answer`` gets the first 30 words
+    of the last user message (of its first source, if it shows sources; its first passage for
+    Keel's ``answer-v3``), enums get their first value (citations: the source answered from), arrays
     get one item.  For ``{"type": "json_object"}`` it is ``{"answer": "fake answer"}``;
     otherwise the plain text ``"fake answer"``.
     """
@@ -316,9 +317,25 @@ def answer_content(body: dict) -> str:
         if isinstance(fmt, dict) and fmt.get("type") == "json_object":
             return json.dumps({"answer": FALLBACK_ANSWER})
         return FALLBACK_ANSWER
-    words = _first_source(_sources_or_last_user_text(body)).split()[:ANSWER_MAX_WORDS]
+    words = _answer_words(body)
     text = " ".join(words) or FALLBACK_ANSWER
-    return json.dumps(_SchemaFaker(schema, text).make(schema))
+    value = _SchemaFaker(schema, text).make(schema)
+    # It cites the source it answered from, when the schema allows that label.
+    shown = re.search(r'<source id="(S\d+)"', _sources_or_last_user_text(body))
+    enum = ((schema.get("properties") or {}).get("citations") or {}).get("items", {}).get("enum", [])
+    if isinstance(value, dict) and isinstance(value.get("citations"), list) and shown and shown.group(1) in enum:
+        value["citations"] = [shown.group(1)]
+    return json.dumps(value)
+
+
+def _answer_words(body: dict) -> list[str]:
+    """What a grounded model answers: the first 30 words of its first source; when the sources
+    are passages, best first (Keel's ``answer-v3``), the first passage."""
+    source = _first_source(_sources_or_last_user_text(body))
+    system = " ".join(_message_text(m) for m in _messages(body) if isinstance(m, dict) and m.get("role") == "system")
+    if "passages from documents" in system:
+        source = next((line for line in source.splitlines() if line.strip()), source)
+    return source.split()[:ANSWER_MAX_WORDS]
 
 
 def _first_source(text: str) -> str:
@@ -596,7 +613,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif kind is Fault.SCHEMA_VIOLATION:
             content = dict(SCHEMA_VIOLATION_CONTENT)
         elif tool is not None:  # ANSWER, HANG, SLOW_STREAM
-            words = _first_source(_sources_or_last_user_text(body)).split()[:ANSWER_MAX_WORDS]
+            words = _answer_words(body)
             schema = tool.get("input_schema") or {}
             content = _SchemaFaker(schema, " ".join(words) or FALLBACK_ANSWER).make(schema)
         else:
