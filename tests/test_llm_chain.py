@@ -91,7 +91,7 @@ async def test_a_401_is_not_retried(env, fake_providers):
     assert outcomes(result, "primary") == [(AttemptOutcome.REJECTED, "LLMRequestRejected")]
     assert "401" in result.provider_attempts[0].message
     # A rejected key is this provider's problem: the next provider answers.
-    assert result.provider == "fallback" and not result.degraded
+    assert result.provider == "fallback" and not result.degraded, (result.answer, result.degraded_reason)
 
 
 async def test_token_usage_of_failed_attempts_is_counted(env, fake_providers):
@@ -100,7 +100,7 @@ async def test_token_usage_of_failed_attempts_is_counted(env, fake_providers):
     primary.script(Step.schema_violation(), Step.schema_violation())
     before = await _spend(env, "chain")
     result, _ = await ask(env, TENANT)
-    assert result.provider == "fallback" and not result.degraded
+    assert result.provider == "fallback" and not result.degraded, (result.answer, result.degraded_reason)
     invalid = [a for a in result.provider_attempts if a.provider == "primary"]
     assert [a.outcome for a in invalid] == [AttemptOutcome.INVALID] * 2
     assert all(a.usage.prompt_tokens > 0 and a.cost_usd > 0 for a in invalid)
@@ -161,7 +161,7 @@ async def test_a_provider_whose_replies_stay_invalid_is_skipped_like_an_outage(e
     primary.default = Step.schema_violation()  # a drifting model: every reply breaks the schema
     for _ in range(3):  # answer + repair each, then the fallback; breaker_failures is 3
         result, _ = await ask(env, TENANT)
-        assert result.provider == "fallback" and not result.degraded
+        assert result.provider == "fallback" and not result.degraded, (result.answer, result.degraded_reason)
     assert len(primary.requests) == 6
     skipped, _ = await ask(env, TENANT)
     assert len(primary.requests) == 6
@@ -211,7 +211,7 @@ async def test_a_streamed_answer_marks_discarded_attempts_and_ends_with_the_resu
     shown = await asyncio.wait_for(_collect(follow(env.client, handle.id)), 180)  # ends with the run
     result = await handle.result()
 
-    assert result.provider == "fallback" and not result.degraded
+    assert result.provider == "fallback" and not result.degraded, (result.answer, result.degraded_reason)
     markers = [i for i, s in enumerate(shown) if s.marker]
     assert len(markers) == 3, shown  # two broken attempts, one invalid reply
     assert "".join(s.text for s in shown[: markers[0]]), "words streamed before the first break"

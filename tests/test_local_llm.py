@@ -44,7 +44,10 @@ async def test_ask_with_the_real_local_model_through_the_cli(tmp_path_factory, t
         answer = keel("ask", "When was the Fresnel lens restored?", "--tenant", "local")
         assert set(answer) >= {"answer", "citations", "degraded", "workflow_id", "run_id", "ui_url", "usage"}
         assert answer["answer"] and answer["citations"]
-        assert not answer["degraded"], answer["degraded_reason"]  # grammar-constrained JSON validates
+        # Grammar-constrained JSON parses; since 0.6 the 135M model's content is often refused on
+        # substance (agreement with the best passage), and the floor answers: never a JSON error.
+        reason = answer["degraded_reason"] or ""
+        assert not answer["degraded"] or (reason.startswith("invalid answer after repair") and "JSON" not in reason), reason
         assert answer["usage"]["prompt_tokens"] > 0 and answer["usage"]["completion_tokens"] > 0
         assert answer["model"]  # the local server reports the model it ran
         assert answer["ui_url"].endswith(f"/workflows/{answer['workflow_id']}/{answer['run_id']}/history")

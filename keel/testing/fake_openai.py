@@ -317,15 +317,16 @@ def answer_content(body: dict) -> str:
         if isinstance(fmt, dict) and fmt.get("type") == "json_object":
             return json.dumps({"answer": FALLBACK_ANSWER})
         return FALLBACK_ANSWER
-    words = _answer_words(body)
-    text = " ".join(words) or FALLBACK_ANSWER
-    value = _SchemaFaker(schema, text).make(schema)
-    # It cites the source it answered from, when the schema allows that label.
+    return json.dumps(_grounded_value(body, schema))
+
+
+def _grounded_value(body: dict, schema: dict) -> Any:
+    """A value of ``schema`` whose answer comes from the first source, citing that source."""
+    value = _SchemaFaker(schema, " ".join(_answer_words(body)) or FALLBACK_ANSWER).make(schema)
     shown = re.search(r'<source id="(S\d+)"', _sources_or_last_user_text(body))
-    enum = ((schema.get("properties") or {}).get("citations") or {}).get("items", {}).get("enum", [])
-    if isinstance(value, dict) and isinstance(value.get("citations"), list) and shown and shown.group(1) in enum:
+    if isinstance(value, dict) and isinstance(value.get("citations"), list) and shown and shown.group(1) in json.dumps(schema):
         value["citations"] = [shown.group(1)]
-    return json.dumps(value)
+    return value
 
 
 def _answer_words(body: dict) -> list[str]:
@@ -613,9 +614,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif kind is Fault.SCHEMA_VIOLATION:
             content = dict(SCHEMA_VIOLATION_CONTENT)
         elif tool is not None:  # ANSWER, HANG, SLOW_STREAM
-            words = _answer_words(body)
-            schema = tool.get("input_schema") or {}
-            content = _SchemaFaker(schema, " ".join(words) or FALLBACK_ANSWER).make(schema)
+            content = _grounded_value(body, tool.get("input_schema") or {})
         else:
             content = FALLBACK_ANSWER
         if isinstance(content, str) and tool is not None:
