@@ -75,16 +75,15 @@ class AnswerPayload(BaseModel):
     citations: list[str] = Field(min_length=1)
 
 
-def answer_schema(n_sources: int, labels: list[str] | None = None) -> dict:
-    """The answer's JSON schema, with citations restricted to the labels shown (``labels``, else
-    ``S1``..``Sn``)."""
+def answer_schema(n_sources: int) -> dict:
+    """The answer's JSON schema, with citations restricted to the source labels ``S1``..``Sn``."""
     return {
         "type": "object",
         "properties": {
             "answer": {"type": "string"},
             "citations": {
                 "type": "array",
-                "items": {"type": "string", "enum": labels or [source_label(i) for i in range(n_sources)]},
+                "items": {"type": "string", "enum": [source_label(i) for i in range(n_sources)]},
                 "minItems": 1,
             },
         },
@@ -104,13 +103,6 @@ def focused_sources(ranked: list[RankedPassage], n: int = FOCUSED_PASSAGES) -> l
     for p in ranked[:n]:
         chosen.setdefault(p.hit, []).append(p)
     return [(hit, [p.text for p in ps]) for hit, ps in chosen.items()]
-
-
-def answer_labels(prompt_version: str, question: str, found: SearchResult, ranked: list[RankedPassage] | None = None) -> list[str]:
-    """The source labels the prompt shows (what the answer may cite)."""
-    if prompt_version == "answer-v3" and found.hits:
-        return [source_label(hit) for hit, _ in focused_sources(ranked if ranked is not None else rank_passages(question, found.hits))]
-    return [source_label(i) for i in range(len(found.hits))]
 
 
 def answer_messages(prompt_version: str, question: str, found: SearchResult, ranked: list[RankedPassage] | None = None) -> list[Message]:
