@@ -248,6 +248,9 @@ def _hits(*texts: str) -> list[SearchHit]:
      "9,800 litres"),
     # "began" is "begin": the passage saying when the work began beats the vote before it
     ("When did the restoration begin?", ["Members voted to restore the lens in 2013.", "The restoration began in 2014."], "2014"),
+    # "visiting hours" asks when the site is open, not when the ferry departs
+    ("What are the visiting hours?", ["Visiting hours\nDepartures are at 10:00 and 13:30.", "Visiting hours\nThe museum is open daily, 9:00 to 18:00."],
+     "open daily"),
 ])
 def test_the_floor_ranks_the_passage_that_answers_first(question, texts, expected):
     ranked = prompts.rank_passages(question, _hits(*texts))
@@ -314,6 +317,21 @@ def test_no_model_answer_is_taken_from_sources_that_do_not_hold_the_question():
     assert any("JSON debris" in e for e in prompts.agreement_errors(debris, found, ranked, question))
     title = prompts.AnswerPayload(answer="LENS RESTORATION", citations=["S1"])
     assert any("section title" in e for e in prompts.agreement_errors(title, found, ranked, "Who restored the Greyhaven lens?"))
+
+
+def test_a_redaction_placeholder_is_not_an_answer():
+    question = "Who restored the Fresnel lens?"
+    found = SearchResult(_hits("In 1998 <PERSON> restored the Fresnel lens of Greyhaven Point Light."), "m")
+    ranked = prompts.rank_passages(question, found.hits)
+
+    def errors(answer: str) -> list[str]:
+        return prompts.agreement_errors(prompts.AnswerPayload(answer=answer, citations=["S1"]), found, ranked, question)
+
+    for withheld in ("<PERSON> restored the Fresnel lens.", "<PERSON:3f2a9c1b>"):
+        assert any("redaction placeholder" in e for e in errors(withheld)), withheld
+    assert errors("The Fresnel lens was restored in 1998 by <PERSON>.") == []  # says when: something the question did not
+    # The floor quotes the passage instead: the reader sees what the sources say, placeholder and all.
+    assert "1998" in prompts.best_sentences(question, found.hits, ranked=ranked)[0]
 
 
 def test_a_yes_or_no_answer_must_restate_its_source():

@@ -287,6 +287,8 @@ def rank_passages(question: str, hits: list, similarity: list[float] | None = No
     """
     wanted = {_term(w) for w in _content_words(question)} - _ASKING_TERMS
     kind = _answer_kind(question)
+    implied = _OPEN_TERMS - wanted if kind == "time" and _HOURS.search(question) else frozenset()
+    wanted |= implied  # "visiting hours" is when it is open: those words count half
     head = _head_term(question)
     candidates = []
     for rank, hit in enumerate(hits):
@@ -301,7 +303,7 @@ def rank_passages(question: str, hits: list, similarity: list[float] | None = No
     average = sum(len(c[2].split()) for c in candidates) / n
     ranked = []
     for j, (rank, i, passage, found, in_chunk) in enumerate(candidates):
-        lexical = sum(idf[t] for t in found) + 0.5 * sum(idf[t] for t in in_chunk - found)
+        lexical = sum(idf[t] * (0.5 if t in implied else 1.0) for t in found) + 0.5 * sum(idf[t] for t in in_chunk - found - implied)
         score = lexical / (0.75 + 0.25 * len(passage.split()) / average) / total
         if similarity is not None:
             score += max(0.0, similarity[j])
@@ -352,6 +354,8 @@ def agreement_errors(reply: AnswerPayload, found: SearchResult, ranked: list[Ran
       question's terms; below, the search likely missed the passage that answers, and a model
       would answer from the wrong one ("$1.27 million", the storm repairs, for the cost of
       restoring a lens); the floor quotes it, marked degraded;
+    - not a redaction placeholder and the question's own words (``"<PERSON> restored the
+      lens."`` to "Who restored the lens?"): the PII policy withholds the answer;
     - no JSON debris (``"} The budget is $186,000. The answer is: {"``), and not a section
       title of the sources ("SALTMARROW ISLAND LIGHT" for "Which firm built the new jetty?").
 
@@ -377,7 +381,8 @@ def agreement_errors(reply: AnswerPayload, found: SearchResult, ranked: list[Ran
         held = {_term(w) for w in _content_words(found.hits[ranked[0].hit].text)} & wanted
         if len(held) / len(wanted) < MIN_EVIDENCE:
             errors.append("the sources retrieved do not clearly answer this question: no model answer is taken from them")
-    figures = [n for n in dict.fromkeys(_NUMBER.findall(reply.answer)) if n not in question]
+    unredacted = _PLACEHOLDER.sub(" ", reply.answer)  # "<PERSON:3f2a9c1b>" holds no figure
+    figures = [n for n in dict.fromkeys(_NUMBER.findall(unredacted)) if n not in question]
     answering = ranked[:1]  # strict: the best passage (the floor may add a close second)
     stated = {n.replace(",", "") for p in answering for n in _NUMBER.findall(p.text)}
     from_best = any(n.replace(",", "") in stated for n in figures)
@@ -388,8 +393,11 @@ def agreement_errors(reply: AnswerPayload, found: SearchResult, ranked: list[Ran
             "take every figure from the passage about what was asked"
         )
     asked = {_stem(w) for w in _content_words(question)}
-    if not figures and not {_stem(w) for w in _content_words(reply.answer)} - asked:
-        errors.append("the answer only repeats the question: say what the sources say")
+    if not figures and not {_stem(w) for w in _content_words(unredacted)} - asked:
+        if unredacted != reply.answer:  # "<PERSON> restored the lens.": the sources withhold who
+            errors.append("the answer is a redaction placeholder: the sources withhold what was asked, quote the passage instead")
+        else:
+            errors.append("the answer only repeats the question: say what the sources say")
     topic = asked - _ASKING_WORDS
     if topic and not from_best and not topic & {_stem(w) for w in _content_words(reply.answer)}:
         errors.append("the answer does not say anything about what was asked: answer the question from the sources")
@@ -449,6 +457,7 @@ def best_sentences(
 
 
 _HEADING = re.compile(r"^(?!.*\d)(?:\S+\s+){0,7}\S+$(?<![.!?])")
+_PLACEHOLDER = re.compile(r"<[A-Z][A-Z_]*(?::[0-9a-f]+)?>")
 _POLAR = re.compile(r"^\s*(?:is|are|was|were|can|could|do|does|did|may|might|will|would|should|must|has|have|had)\b", re.IGNORECASE)
 
 
@@ -515,6 +524,8 @@ _ASKING_TERMS = frozenset(
 
 
 HEAD_WEIGHT = 1.5
+_HOURS = re.compile(r"\b(?:hours|opening times?)\b", re.IGNORECASE)
+_OPEN_TERMS = frozenset(_term(w) for w in ("open", "opens", "closed", "closes"))
 
 
 def _head_term(question: str) -> str | None:
