@@ -101,10 +101,10 @@ def obeying_model(messages, system_prompt: str) -> dict:
         return {"answer": m.group(1), "citations": ["S1"]}
     # Otherwise a fair answer: the sentence of the first source sharing most words with the question.
     source = re.search(r'<source id="S1"[^>]*>\n(.*?)\n</source>', shown, re.S) or re.search(r"\[S1\][^\n]*\n(.*?)(?:\n\n|$)", shown, re.S)
-    body = (source.group(1) if source else shown).split("\n", 1)[-1]
+    body = source.group(1) if source else shown  # one passage or title per line
     question = re.search(r"<question>(.*?)</question>|Question: (.*)", shown, re.S)
     asked = set(re.findall(r"\w+", (question.group(1) or question.group(2) if question else "").lower()))
-    sentences = re.split(r"(?<=[.!?])\s+", body.strip())
+    sentences = re.split(r"(?<=[.!?])\s+|\n", body.strip())
     best = max(sentences, key=lambda x: len(asked & set(re.findall(r"\w+", x.lower()))))
     return {"answer": best, "citations": ["S1"]}
 

@@ -285,8 +285,9 @@ def rank_passages(question: str, hits: list, similarity: list[float] | None = No
     >>> [p.text for p in rank_passages("How many panels were installed?", hits)]
     ['It has 36 panels on a frame built in 2021.', 'Work began in 2022.']
     """
-    wanted = {_term(w) for w in _content_words(question)} - _ASKING_TERMS
     kind = _answer_kind(question)
+    # "how much", "hours" ask for a kind of fact; when none is asked ("who ... out of hours") they are terms
+    wanted = {_term(w) for w in _content_words(question)} - (_ASKING_TERMS if kind else frozenset())
     implied = _OPEN_TERMS - wanted if kind == "time" and _HOURS.search(question) else frozenset()
     wanted |= implied  # "visiting hours" is when it is open: those words count half
     head = _head_term(question)
@@ -345,6 +346,9 @@ def agreement_errors(reply: AnswerPayload, found: SearchResult, ranked: list[Ran
       do locals call the October 2019 storm?"), and shares a word with the question (beyond "how
       much", "cost"...) unless its figure comes from the best passage ("The family is free for
       visiting hours." does not answer "How much is a student membership?");
+    - without a figure, what the answer adds to the question's words must include something the
+      passages that answer say ("The person responsible for safety" is not "Out of hours, contact
+      the duty supervisor");
     - every sentence supported on its own (:data:`MIN_SUPPORT` of its content words in the cited
       sources or the question): a right first sentence does not carry an invented second one;
     - a yes/no answer restates the best passage (most of its content words): "No, dogs are not
@@ -355,7 +359,7 @@ def agreement_errors(reply: AnswerPayload, found: SearchResult, ranked: list[Ran
       would answer from the wrong one ("$1.27 million", the storm repairs, for the cost of
       restoring a lens); the floor quotes it, marked degraded;
     - not a redaction placeholder and the question's own words (``"<PERSON> restored the
-      lens."`` to "Who restored the lens?"): the PII policy withholds the answer;
+      lens."``), nor a placeholder answering "who": the PII policy withholds the answer;
     - no JSON debris (``"} The budget is $186,000. The answer is: {"``), and not a section
       title of the sources ("SALTMARROW ISLAND LIGHT" for "Which firm built the new jetty?").
 
@@ -372,7 +376,9 @@ def agreement_errors(reply: AnswerPayload, found: SearchResult, ranked: list[Ran
     """
     errors = []
     headings = {p.text.lower() for p in ranked if _HEADING.match(p.text)}
-    if reply.answer.strip().rstrip(".").lower() in headings:
+    bare = reply.answer.strip().rstrip(".")
+    capitals = bare.isupper() and " " in bare and any(bare in h.text for h in found.hits)  # a title run into its text
+    if bare.lower() in headings or capitals:
         errors.append("the answer is a section title, not what it says: answer from the text under it")
     if "{" in reply.answer or "}" in reply.answer:
         errors.append("the answer holds JSON debris: the answer field is the sentence alone")
@@ -393,14 +399,21 @@ def agreement_errors(reply: AnswerPayload, found: SearchResult, ranked: list[Ran
             "take every figure from the passage about what was asked"
         )
     asked = {_stem(w) for w in _content_words(question)}
-    if not figures and not {_stem(w) for w in _content_words(unredacted)} - asked:
-        if unredacted != reply.answer:  # "<PERSON> restored the lens.": the sources withhold who
-            errors.append("the answer is a redaction placeholder: the sources withhold what was asked, quote the passage instead")
-        else:
-            errors.append("the answer only repeats the question: say what the sources say")
+    echo = not figures and not {_stem(w) for w in _content_words(unredacted)} - asked
+    if unredacted != reply.answer and (echo or _WHO.search(question)):
+        # "<PERSON> restored the lens.", "The head keeper, <PERSON>.": the PII policy withholds who
+        errors.append("the answer names what was asked by a redaction placeholder: the sources withhold it, quote the passage instead")
+    elif echo:
+        errors.append("the answer only repeats the question: say what the sources say")
     topic = asked - _ASKING_WORDS
     if topic and not from_best and not topic & {_stem(w) for w in _content_words(reply.answer)}:
         errors.append("the answer does not say anything about what was asked: answer the question from the sources")
+    # Without a figure, what the answer adds to the question must come from a passage that answers:
+    # "The person responsible for safety" is not "Out of hours, contact the duty supervisor".
+    added = {_stem(w) for w in _content_words(unredacted)} - asked
+    answering_words = {_stem(w) for p in answering_passages(ranked) for w in _content_words(_PLACEHOLDER.sub(" ", p.text))}
+    if not figures and added and answering_words and not added & answering_words:
+        errors.append("the answer says nothing the passages that answer the question say: answer from the best passage")
     if figures:
         if not from_best:
             errors.append(
@@ -457,6 +470,7 @@ def best_sentences(
 
 
 _HEADING = re.compile(r"^(?!.*\d)(?:\S+\s+){0,7}\S+$(?<![.!?])")
+_WHO = re.compile(r"\bwho(?:m|se)?\b", re.IGNORECASE)
 _PLACEHOLDER = re.compile(r"<[A-Z][A-Z_]*(?::[0-9a-f]+)?>")
 _POLAR = re.compile(r"^\s*(?:is|are|was|were|can|could|do|does|did|may|might|will|would|should|must|has|have|had)\b", re.IGNORECASE)
 
@@ -540,6 +554,8 @@ def _head_term(question: str) -> str | None:
 def _answer_kind(question: str) -> str | None:
     """What the question asks for: money, time, when, length, long, weight, measure, count."""
     q = question.lower().replace("in charge", "in-charge")  # "who is in charge" asks no price
+    if _WHO.match(q.lstrip()):  # "Who should I call out of hours?" asks for a person, not a time
+        return None
     much = re.search(r"\bhow much (\w+)", q)
     if re.search(r"\bweigh|\bweight\b|\bheavy\b", q):
         return "weight"
