@@ -251,6 +251,10 @@ def _hits(*texts: str) -> list[SearchHit]:
     # "visiting hours" asks when the site is open, not when the ferry departs
     ("What are the visiting hours?", ["Visiting hours\nDepartures are at 10:00 and 13:30.", "Visiting hours\nThe museum is open daily, 9:00 to 18:00."],
      "open daily"),
+    # "how rough" asks for a measure
+    ("How rough does the sea have to be before the ferry is cancelled?",
+     ["The ferry sails from the harbour pontoon on Saturdays.", "The ferry does not sail if the wave forecast is above 1.5 metres."],
+     "1.5 metres"),
     # "who" asks for a person: "out of hours" is what the question is about, not a time asked for
     ("Who should I call out of hours about an incident?",
      ["The tower is open 10:00 to 17:00, and incidents go on the incident form.", "Out of hours, contact the duty supervisor on her mobile."],
@@ -259,6 +263,13 @@ def _hits(*texts: str) -> list[SearchHit]:
 def test_the_floor_ranks_the_passage_that_answers_first(question, texts, expected):
     ranked = prompts.rank_passages(question, _hits(*texts))
     assert expected in ranked[0].text, ranked
+
+
+def test_how_many_wants_a_number_next_to_what_it_counts():
+    # The plan's price sits next to the plan's name; the count of guests is a number word.
+    hits = _hits("Lightkeeper - $180 per year\nOne private sunset climb a year for up to six guests.")
+    ranked = prompts.rank_passages("How many guests can I bring on the Lightkeeper climb?", hits, similarity=[0.6, 0.3])
+    assert ranked[0].text.endswith("six guests."), ranked
 
 
 def test_meaning_decides_between_passages_sharing_no_words_with_the_question():

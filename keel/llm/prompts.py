@@ -291,6 +291,7 @@ def rank_passages(question: str, hits: list, similarity: list[float] | None = No
     implied = _OPEN_TERMS - wanted if kind == "time" and _HOURS.search(question) else frozenset()
     wanted |= implied  # "visiting hours" is when it is open: those words count half
     head = _head_term(question)
+    counted = _counted_terms(question) or wanted  # "how many guests": a number next to "guests"
     candidates = []
     for rank, hit in enumerate(hits):
         in_chunk = {_term(w) for w in _content_words(hit.text)} & wanted
@@ -312,7 +313,7 @@ def rank_passages(question: str, hits: list, similarity: list[float] | None = No
             score *= 0.5
         if head and head in found:  # "which workshop": a passage naming a workshop
             score *= HEAD_WEIGHT
-        ranked.append(RankedPassage(passage, rank, i, round(score * _kind_weight(kind, passage, wanted), 6)))
+        ranked.append(RankedPassage(passage, rank, i, round(score * _kind_weight(kind, passage, counted), 6)))
     ranked.sort(key=lambda p: (-p.score, p.hit, p.position))
     return ranked
 
@@ -565,7 +566,7 @@ def _answer_kind(question: str) -> str | None:
         return "length"
     if re.search(r"\bhow long\b", q):
         return "long"
-    if re.search(r"\bhow (?:big|large|fast|windy|strong|hot|cold|warm|loud|bright)\b|\bwhat (?:size|speed|capacity)\b", q):
+    if re.search(r"\bhow (?:big|large|fast|windy|strong|hot|cold|warm|loud|bright|rough|calm)\b|\bwhat (?:size|speed|capacity)\b", q):
         return "measure"
     if re.search(r"\bhow (?:many|old|often)\b|\bwhat (?:age|percentage|number|share|proportion)\b|\b(?:minimum|maximum) age\b", q):
         return "count"
@@ -573,6 +574,18 @@ def _answer_kind(question: str) -> str | None:
         return "money"
     asked = _asked_for(q)
     return None if asked is None else {_MONEY.pattern: "money", _TIME.pattern: "time", _WHEN.pattern: "when"}.get(asked[0].pattern, "count")
+
+
+def _counted_terms(question: str) -> set[str]:
+    """What a "how many" question counts: the words after it up to the verb ("how many solar
+    panels were ..." -> solar, panel)."""
+    m = re.search(r"\bhow many ((?:\w+\s*){1,4})", question.lower())
+    words = []
+    for w in (m.group(1).split() if m else []):
+        if w in _STOPWORDS:
+            break
+        words.append(_term(w))
+    return set(words)
 
 
 def _kind_weight(kind: str | None, passage: str, topic: set[str]) -> float:
@@ -590,7 +603,7 @@ def _kind_weight(kind: str | None, passage: str, topic: set[str]) -> float:
     tokens = _WORD.findall(passage)
     weight = 1.0 if _NUMBER_WORD.search(passage) else 0.3
     for i, token in enumerate(tokens):
-        if token[0].isdigit():
+        if token[0].isdigit() or _NUMBER_WORD.fullmatch(token):  # "36 panels", "up to six guests"
             near = {_term(t) for t in tokens[max(0, i - 3): i + 4] if not t[0].isdigit()}
             weight = max(weight, 0.6 if _YEAR.match(token) else 1.5 if near & topic else 1.0)
     return weight
