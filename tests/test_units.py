@@ -272,6 +272,28 @@ def test_how_many_wants_a_number_next_to_what_it_counts():
     assert ranked[0].text.endswith("six guests."), ranked
 
 
+@pytest.mark.parametrize("question,texts,expected", [
+    # a measurement is not a count: "how many stairs" is the 112 steps, not 27 metres
+    ("How many stairs are there to get up the tower?", ["The tower is 27 metres (89 feet) tall.", "Visitors climb 112 cast-iron steps up the tower."], "112"),
+    # "how old" asks for an age or the year a thing dates from
+    ("How old is the oldest map in the archive?", ["The archive holds 2,150 photographs and 61 logbooks.", "212 navigation charts, the oldest dated 1839."],
+     "1839"),
+    # "which month" asks for a month's name, not for the word "month"
+    ("Which month is the reading room closed?", ["The reading room is open on the first Saturday of each month.", "It is shut throughout August."],
+     "August"),
+    # "why" asks for a reason (two passages of one chunk)
+    ("Why can't I put a candle in my lantern?", ["Marshals will ask you to switch off any lantern that uses a candle. "
+                                                 "Candles have been banned since 2011, after a grass fire."], "grass fire"),
+    # "what was the highest gust" asks for a measurement
+    ("What was the highest gust during the storm?", ["The storm struck the coast on 16 October 2019.", "The anemometer recorded a peak gust of 87 mph."],
+     "87 mph"),
+])
+def test_what_the_question_asks_for_outweighs_a_closer_meaning(question, texts, expected):
+    # The first passage is closer in meaning (as MiniLM found for these); the kind of fact asked decides.
+    ranked = prompts.rank_passages(question, _hits(*texts), similarity=[0.6, 0.45])
+    assert expected in ranked[0].text, ranked
+
+
 def test_meaning_decides_between_passages_sharing_no_words_with_the_question():
     hits = _hits("Departures are at 10:00 and 13:30.", "The last shuttle buses leave at 22:00.")
     question = "When does the afternoon boat go?"

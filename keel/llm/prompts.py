@@ -290,7 +290,7 @@ def rank_passages(question: str, hits: list, similarity: list[float] | None = No
     wanted = {_term(w) for w in _content_words(question)} - (_ASKING_TERMS if kind else frozenset())
     implied = _OPEN_TERMS - wanted if kind == "time" and _HOURS.search(question) else frozenset()
     wanted |= implied  # "visiting hours" is when it is open: those words count half
-    head = _head_term(question)
+    head = _head_term(question) if kind != "month" else None  # "which month": a month's name, not the word
     counted = _counted_terms(question) or wanted  # "how many guests": a number next to "guests"
     candidates = []
     for rank, hit in enumerate(hits):
@@ -525,6 +525,10 @@ _KIND_UNITS = {
     "length": _with_unit(_UNIT_LENGTH), "long": _with_unit("(?:" + _UNIT_LENGTH + "|" + _UNIT_TIME + ")"),
     "weight": _with_unit(_UNIT_WEIGHT), "measure": _with_unit(_UNIT_ANY),
 }
+_UNIT_WORD = re.compile(_UNIT_ANY, re.IGNORECASE)
+_AGE = re.compile(r"\b(?:1[0-9]\d\d|20\d\d)\b|\d\s*years?\b|\baged?\b|\bcentur(?:y|ies)\b", re.IGNORECASE)
+_MONTH = re.compile(r"\b(?:january|february|march|april|may|june|july|august|september|october|november|december)\b", re.IGNORECASE)
+_REASON = re.compile(r"\b(?:because|due to|owing to|so that|in order to|to avoid|to protect|after|since|as a result|for safety)\b", re.IGNORECASE)
 _YEAR = re.compile(r"^(?:1[5-9]\d\d|20\d\d)s?$")
 _NUMBER_WORD = re.compile(
     r"\b(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|fifty|hundred|thousand|dozen)\b",
@@ -553,7 +557,8 @@ def _head_term(question: str) -> str | None:
 
 
 def _answer_kind(question: str) -> str | None:
-    """What the question asks for: money, time, when, length, long, weight, measure, count."""
+    """What the question asks for: money, time, when, length, long, weight, measure, age,
+    month, why (a reason), count."""
     q = question.lower().replace("in charge", "in-charge")  # "who is in charge" asks no price
     if _WHO.match(q.lstrip()):  # "Who should I call out of hours?" asks for a person, not a time
         return None
@@ -568,8 +573,16 @@ def _answer_kind(question: str) -> str | None:
         return "long"
     if re.search(r"\bhow (?:big|large|fast|windy|strong|hot|cold|warm|loud|bright|rough|calm)\b|\bwhat (?:size|speed|capacity)\b", q):
         return "measure"
-    if re.search(r"\bhow (?:many|old|often)\b|\bwhat (?:age|percentage|number|share|proportion)\b|\b(?:minimum|maximum) age\b", q):
+    if re.search(r"\bhow old\b", q):
+        return "age"
+    if re.search(r"\b(?:which|what) month\b", q):
+        return "month"
+    if re.match(r"\s*why\b", q):
+        return "why"
+    if re.search(r"\bhow (?:many|often)\b|\bwhat (?:age|percentage|number|share|proportion)\b|\b(?:minimum|maximum) age\b", q):
         return "count"
+    if re.search(r"^\s*what (?:is|was|are|were) the (?:highest|lowest|peak|maximum|top|strongest|fastest|largest|biggest|deepest)\b", q):
+        return "measure"  # "what was the highest gust": a measurement
     if re.search(r"\b(?:budget|revenue|income|turnover|salary|wages?|donations?|grants?|spend|spent)\b", q):
         return "money"
     asked = _asked_for(q)
@@ -599,13 +612,21 @@ def _kind_weight(kind: str | None, passage: str, topic: set[str]) -> float:
         return 1.5 if _DATE.search(passage) or _TIME.search(passage) else 1.0 if _WHEN.search(passage) else 0.3
     if kind in _KIND_UNITS:
         return 1.5 if _KIND_UNITS[kind].search(passage) else 0.8 if kind != "weight" and _NUMBER.search(passage) else 0.3
-    # count: a number within three words of what is counted beats any number; a year less
+    if kind == "age":  # "how old": an age, or the year it dates from
+        return 1.5 if _AGE.search(passage) else 0.8 if _NUMBER.search(passage) else 0.3
+    if kind == "month":
+        return 1.5 if _MONTH.search(passage) else 0.3
+    if kind == "why":
+        return 1.5 if _REASON.search(passage) else 1.0
+    # count: a number within three words of what is counted beats any number; a year or a
+    # measurement ("27 metres" to "how many stairs") less
     tokens = _WORD.findall(passage)
     weight = 1.0 if _NUMBER_WORD.search(passage) else 0.3
     for i, token in enumerate(tokens):
         if token[0].isdigit() or _NUMBER_WORD.fullmatch(token):  # "36 panels", "up to six guests"
             near = {_term(t) for t in tokens[max(0, i - 3): i + 4] if not t[0].isdigit()}
-            weight = max(weight, 0.6 if _YEAR.match(token) else 1.5 if near & topic else 1.0)
+            measured = i + 1 < len(tokens) and _UNIT_WORD.fullmatch(tokens[i + 1])
+            weight = max(weight, 1.5 if near & topic else 0.6 if _YEAR.match(token) or measured else 1.0)
     return weight
 
 
