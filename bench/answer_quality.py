@@ -108,7 +108,8 @@ HELD_OUT: list[tuple[str, list[str]]] = [
 
 
 def read_questions(name: str) -> list[tuple[str, list[str]]]:
-    path = Path(__file__).with_name(f"answer_quality_{name}.jsonl") if name in ("validation", "fresh", "unseen") else Path(name)
+    named = Path(__file__).with_name(f"answer_quality_{name}.jsonl")  # validation, fresh, unseen, unseen-2
+    path = named if named.exists() else Path(name)
     return [(q["question"], list(q["facts"])) for q in map(json.loads, path.read_text().splitlines()) if q]
 
 
@@ -182,7 +183,8 @@ def main() -> None:
     parser.add_argument("--questions", default="tuning", help=(
         "tuning: the 32 questions the floor was first tuned on; held-out: 20 written after it (since used to tune); "
         "validation: 30 written by a helper who saw no answering code (since used to tune); fresh: 30 more, written "
-        "like validation, run once (since used to tune); unseen: 30 more, run once when 0.6.0 was done; "
+        "like validation, run once (since used to tune); unseen: 30 more, likewise; unseen-2: 30 more, run once "
+        "when 0.6.0 was done; "
         "or a JSONL file of {\"question\": ..., \"facts\": [...]}"
     ))
     args = parser.parse_args()

@@ -229,6 +229,11 @@ def test_extractive_answer_quotes_the_best_chunk():
     assert prompts.extractive_answer(FOUND.hits[0].text) == "Open daily. Closed Mondays."
 
 
+def _agreement(question: str, found: SearchResult, ranked: list, citations: list[str] | None = None):
+    """agreement_errors of an answer citing ``citations`` (S1), as a one-argument function."""
+    return lambda answer: prompts.agreement_errors(prompts.AnswerPayload(answer=answer, citations=citations or ["S1"]), found, ranked, question)
+
+
 def _hits(*texts: str) -> list[SearchHit]:
     return [SearchHit(f"c{i}", f"d{i}", f"doc{i}.txt", text, 0.7 - i / 100, 0.05) for i, text in enumerate(texts)]
 
@@ -311,8 +316,7 @@ def test_a_figure_must_come_from_the_passages_that_answer():
     ranked = prompts.rank_passages(question, hits)
     assert ranked[0].text == "The family day ticket costs $32."
 
-    def errors(answer: str) -> list[str]:
-        return prompts.agreement_errors(prompts.AnswerPayload(answer=answer, citations=["S1", "S3"]), found, ranked, question)
+    errors = _agreement(question, found, ranked, ["S1", "S3"])
 
     assert errors("A family day ticket is $32.") == []
     assert errors("$32, or $12 per adult.") != []  # $12 is not in the passages that answer
@@ -366,9 +370,7 @@ def test_a_redaction_placeholder_is_not_an_answer():
     question = "Who restored the Fresnel lens?"
     found = SearchResult(_hits("In 1998 <PERSON> restored the Fresnel lens of Greyhaven Point Light."), "m")
     ranked = prompts.rank_passages(question, found.hits)
-
-    def errors(answer: str) -> list[str]:
-        return prompts.agreement_errors(prompts.AnswerPayload(answer=answer, citations=["S1"]), found, ranked, question)
+    errors = _agreement(question, found, ranked)
 
     for withheld in ("<PERSON> restored the Fresnel lens.", "<PERSON:3f2a9c1b>", "The co-op's head keeper, <PERSON>."):
         assert any("redaction placeholder" in e for e in errors(withheld)), withheld
@@ -381,13 +383,19 @@ def test_a_redaction_placeholder_is_not_an_answer():
     assert "1998" in prompts.best_sentences(question, found.hits, ranked=ranked)[0]
 
 
+def test_a_which_answer_names_what_the_passage_names():
+    question = "Which workshop made the Greyhaven Point lens?"
+    found = SearchResult(_hits("Greyhaven Point Light has a Fresnel lens. It was made in 1867 by the Henry-Lepaute workshop in Paris."), "m")
+    errors = _agreement(question, found, prompts.rank_passages(question, found.hits))
+    assert any("which one" in e for e in errors("Greyhaven Point Light"))  # on topic, supported, and not a workshop
+    assert errors("Henry-Lepaute") == [] and errors("The Henry-Lepaute workshop in Paris.") == []
+
+
 def test_a_yes_or_no_answer_must_restate_its_source():
     question = "Are dogs allowed inside the tower?"
     found = SearchResult(_hits("Only assistance dogs are allowed inside the tower, the museum and the visitor centre."), "m")
     ranked = prompts.rank_passages(question, found.hits)
-
-    def errors(answer: str) -> list[str]:
-        return prompts.agreement_errors(prompts.AnswerPayload(answer=answer, citations=["S1"]), found, ranked, question)
+    errors = _agreement(question, found, ranked)
 
     assert errors("No, dogs are not allowed inside the tower.") != []  # drops "only assistance dogs"
     assert errors("Only assistance dogs are allowed inside the tower, the museum and the visitor centre.") == []

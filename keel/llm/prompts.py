@@ -350,6 +350,8 @@ def agreement_errors(reply: AnswerPayload, found: SearchResult, ranked: list[Ran
     - without a figure, what the answer adds to the question's words must include something the
       passages that answer say ("The person responsible for safety" is not "Out of hours, contact
       the duty supervisor");
+    - a "which X" answer names what the answering passages name next to X ("Henry-Lepaute" in
+      "made by the Henry-Lepaute workshop"), not another thing they mention;
     - every sentence supported on its own (:data:`MIN_SUPPORT` of its content words in the cited
       sources or the question): a right first sentence does not carry an invented second one;
     - a yes/no answer restates the best passage (most of its content words): "No, dogs are not
@@ -406,12 +408,17 @@ def agreement_errors(reply: AnswerPayload, found: SearchResult, ranked: list[Ran
         errors.append("the answer names what was asked by a redaction placeholder: the sources withhold it, quote the passage instead")
     elif echo:
         errors.append("the answer only repeats the question: say what the sources say")
+    added = {_stem(w) for w in _content_words(unredacted)} - asked
+    # "Which workshop made the lens?": the passage's "the Henry-Lepaute workshop" names it; "Greyhaven Point Light" does not
+    head = _head_term(question)
+    named = {_stem(w) for p in answering_passages(ranked) for w in _words_near(head, p.text)} - asked if head else set()
+    if not figures and named and not added & named:
+        errors.append("the question asks which one: name the one the passage that answers names")
     topic = asked - _ASKING_WORDS
-    if topic and not from_best and not topic & {_stem(w) for w in _content_words(reply.answer)}:
+    if topic and not from_best and not added & named and not topic & {_stem(w) for w in _content_words(reply.answer)}:
         errors.append("the answer does not say anything about what was asked: answer the question from the sources")
     # Without a figure, what the answer adds to the question must come from a passage that answers:
     # "The person responsible for safety" is not "Out of hours, contact the duty supervisor".
-    added = {_stem(w) for w in _content_words(unredacted)} - asked
     answering_words = {_stem(w) for p in answering_passages(ranked) for w in _content_words(_PLACEHOLDER.sub(" ", p.text))}
     if not figures and added and answering_words and not added & answering_words:
         errors.append("the answer says nothing the passages that answer the question say: answer from the best passage")
@@ -587,6 +594,15 @@ def _answer_kind(question: str) -> str | None:
         return "money"
     asked = _asked_for(q)
     return None if asked is None else {_MONEY.pattern: "money", _TIME.pattern: "time", _WHEN.pattern: "when"}.get(asked[0].pattern, "count")
+
+
+def _words_near(term: str, text: str, span: int = 3) -> list[str]:
+    """The content words within ``span`` words of ``term`` in ``text`` ("workshop" in "made by the
+    Henry-Lepaute workshop in Paris" -> made, henry, lepaute, paris)."""
+    tokens = _WORD.findall(text)
+    at = [i for i, t in enumerate(tokens) if _term(t) == term]
+    near = {j for i in at for j in range(max(0, i - span), i + span + 1) if j < len(tokens) and j != i}
+    return [w for w in _content_words(" ".join(tokens[j] for j in sorted(near))) if _term(w) != term]
 
 
 def _counted_terms(question: str) -> set[str]:
