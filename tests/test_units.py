@@ -389,6 +389,19 @@ def test_a_which_answer_names_what_the_passage_names():
     errors = _agreement(question, found, prompts.rank_passages(question, found.hits))
     assert any("which one" in e for e in errors("Greyhaven Point Light"))  # on topic, supported, and not a workshop
     assert errors("Henry-Lepaute") == [] and errors("The Henry-Lepaute workshop in Paris.") == []
+    # "the name of the newsletter" asks which newsletter
+    question = "What's the name of the newsletter that members receive?"
+    found = SearchResult(_hits("Members receive the quarterly members' newsletter, The Beacon. Free admission to Greyhaven."), "m")
+    errors = _agreement(question, found, prompts.rank_passages(question, found.hits))
+    assert any("which one" in e for e in errors("The Northwind Lighthouse Cooperative Newsletter")) and errors("The Beacon") == []
+
+
+def test_a_circular_reason_repeats_the_question():
+    question = "Why am I not allowed to fly my drone at the lighthouses?"
+    found = SearchResult(_hits("Drones are not allowed at the three sites without written permission, because they disturb nesting seabirds."), "m")
+    errors = _agreement(question, found, prompts.rank_passages(question, found.hits))
+    assert any("repeats the question" in e for e in errors("The answer is that you cannot fly your drone at the lighthouses because they are not allowed."))
+    assert errors("Because drones disturb nesting seabirds.") == []
 
 
 def test_a_yes_or_no_answer_must_restate_its_source():

@@ -402,13 +402,13 @@ def agreement_errors(reply: AnswerPayload, found: SearchResult, ranked: list[Ran
             "take every figure from the passage about what was asked"
         )
     asked = {_stem(w) for w in _content_words(question)}
-    echo = not figures and not {_stem(w) for w in _content_words(unredacted)} - asked
+    added = {_stem(w) for w in _content_words(unredacted)} - asked - _FILLER  # "The answer is that ... because"
+    echo = not figures and not added
     if unredacted != reply.answer and (echo or _WHO.search(question)):
         # "<PERSON> restored the lens.", "The head keeper, <PERSON>.": the PII policy withholds who
         errors.append("the answer names what was asked by a redaction placeholder: the sources withhold it, quote the passage instead")
     elif echo:
         errors.append("the answer only repeats the question: say what the sources say")
-    added = {_stem(w) for w in _content_words(unredacted)} - asked
     # "Which workshop made the lens?": the passage's "the Henry-Lepaute workshop" names it; "Greyhaven Point Light" does not
     head = _head_term(question)
     named = {_stem(w) for p in answering_passages(ranked) for w in _words_near(head, p.text)} - asked if head else set()
@@ -478,6 +478,7 @@ def best_sentences(
 
 
 _HEADING = re.compile(r"^(?!.*\d)(?:\S+\s+){0,7}\S+$(?<![.!?])")
+_FILLER = frozenset(_stem(w) for w in "answer question source sources passage because reason cannot".split())
 _WHO = re.compile(r"\bwho(?:m|se)?\b", re.IGNORECASE)
 _PLACEHOLDER = re.compile(r"<[A-Z][A-Z_]*(?::[0-9a-f]+)?>")
 _POLAR = re.compile(r"^\s*(?:is|are|was|were|can|could|do|does|did|may|might|will|would|should|must|has|have|had)\b", re.IGNORECASE)
@@ -556,7 +557,8 @@ _OPEN_TERMS = frozenset(_term(w) for w in ("open", "opens", "closed", "closes"))
 
 def _head_term(question: str) -> str | None:
     """The thing a "which X" / "what X" question asks to name ("which workshop" -> workshop)."""
-    m = re.search(r"\b(?:which|what)\s+([a-z]+)", question.lower())
+    q = question.lower()
+    m = re.search(r"\bname of (?:the |a |an |your |our |its |their )?([a-z]+)", q) or re.search(r"\b(?:which|what)\s+([a-z]+)", q)
     if not m or m.group(1) in _STOPWORDS or m.group(1) in _NOT_A_QUANTITY:
         return None
     t = _term(m.group(1))
