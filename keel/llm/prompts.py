@@ -277,8 +277,8 @@ def rank_passages(question: str, hits: list, similarity: list[float] | None = No
     time for "what time", a distance for "how far", a weight for "how heavy", a number next to
     the counted thing for "how many", an age or year for "how old", a month for "which month", a
     reason for "why" (x1.5); without it x0.3 ("why": x1). "Visiting hours" also looks for
-    "open"/"closed" at half weight; a "who" question asks for no kind of figure. A passage naming the thing a
-    "which X" question asks for counts x1.5 ("which workshop"). A heading (up to eight words,
+    "open"/"closed" at half weight; a "who" question asks for no kind of figure. A passage
+    naming the thing a "which X" question asks for counts x1.5 ("which workshop"). A heading (up to eight words,
     no figure, no full stop) counts half: it names a topic, it does not answer. Ties go to the
     better-ranked chunk, then the earlier passage. Deterministic and pure: safe in workflow code.
 
