@@ -569,35 +569,31 @@ def _head_term(question: str) -> str | None:
 
 def _answer_kind(question: str) -> str | None:
     """What the question asks for: money, time, when, length, long, weight, measure, age,
-    month, why (a reason), count."""
+    month, why (a reason), count; the first of :data:`_KINDS` that matches, else what
+    :func:`_asked_for` finds."""
     q = question.lower().replace("in charge", "in-charge")  # "who is in charge" asks no price
-    if _WHO.match(q.lstrip()):  # "Who should I call out of hours?" asks for a person, not a time
-        return None
-    much = re.search(r"\bhow much (\w+)", q)
-    if re.search(r"\bweigh|\bweight\b|\bheavy\b", q):
-        return "weight"
-    if much and much.group(1) not in _NOT_A_QUANTITY:  # "how much diesel", not "how much is"
-        return "measure"
-    if re.search(r"\bhow (?:far|tall|high|deep|wide)\b|\bwhat (?:distance|height|length|depth|width)\b", q):
-        return "length"
-    if re.search(r"\bhow long\b", q):
-        return "long"
-    if re.search(r"\bhow (?:big|large|fast|windy|strong|hot|cold|warm|loud|bright|rough|calm)\b|\bwhat (?:size|speed|capacity)\b", q):
-        return "measure"
-    if re.search(r"\bhow old\b", q):
-        return "age"
-    if re.search(r"\b(?:which|what) month\b", q):
-        return "month"
-    if re.match(r"\s*why\b", q):
-        return "why"
-    if re.search(r"\bhow (?:many|often)\b|\bwhat (?:age|percentage|number|share|proportion)\b|\b(?:minimum|maximum) age\b", q):
-        return "count"
-    if re.search(r"^\s*what (?:is|was|are|were) the (?:highest|lowest|peak|maximum|top|strongest|fastest|largest|biggest|deepest)\b", q):
-        return "measure"  # "what was the highest gust": a measurement
-    if re.search(r"\b(?:budget|revenue|income|turnover|salary|wages?|donations?|grants?|spend|spent)\b", q):
-        return "money"
+    for asks, kind in _KINDS:
+        if asks.search(q):
+            return kind
     asked = _asked_for(q)
     return None if asked is None else {_MONEY.pattern: "money", _TIME.pattern: "time", _WHEN.pattern: "when"}.get(asked[0].pattern, "count")
+
+
+_KINDS = [(re.compile(asks), kind) for asks, kind in [
+    (r"^\s*who(?:m|se)?\b", None),  # "Who should I call out of hours?" asks for a person, not a time
+    (r"\bweigh|\bweight\b|\bheavy\b", "weight"),
+    (r"\bhow much (?!(?:" + "|".join(sorted(_NOT_A_QUANTITY)) + r")\b)\w", "measure"),  # "how much diesel", not "how much is"
+    (r"\bhow (?:far|tall|high|deep|wide)\b|\bwhat (?:distance|height|length|depth|width)\b", "length"),
+    (r"\bhow long\b", "long"),
+    (r"\bhow (?:big|large|fast|windy|strong|hot|cold|warm|loud|bright|rough|calm)\b|\bwhat (?:size|speed|capacity)\b", "measure"),
+    (r"\bhow old\b", "age"),
+    (r"\b(?:which|what) month\b", "month"),
+    (r"^\s*why\b", "why"),
+    (r"\bhow (?:many|often)\b|\bwhat (?:age|percentage|number|share|proportion)\b|\b(?:minimum|maximum) age\b", "count"),
+    # "what was the highest gust": a measurement
+    (r"^\s*what (?:is|was|are|were) the (?:highest|lowest|peak|maximum|top|strongest|fastest|largest|biggest|deepest)\b", "measure"),
+    (r"\b(?:budget|revenue|income|turnover|salary|wages?|donations?|grants?|spend|spent)\b", "money"),
+]]
 
 
 def _words_near(term: str, text: str, span: int = 3) -> list[str]:
