@@ -395,9 +395,10 @@ def agreement_errors(reply: AnswerPayload, found: SearchResult, ranked: list[Ran
     unredacted = _PLACEHOLDER.sub(" ", reply.answer)  # "<PERSON:3f2a9c1b>" holds no figure
     figures = [n for n in dict.fromkeys(_NUMBER.findall(unredacted)) if n not in question]
     answering = ranked[:1]  # strict: the best passage (the floor may add a close second)
+    quotable = answering_passages(ranked)  # what the floor would quote
     stated = {n.replace(",", "") for p in answering for n in _NUMBER.findall(p.text)}
     from_best = any(n.replace(",", "") in stated for n in figures)
-    quoted = {n.replace(",", "") for p in answering_passages(ranked) for n in _NUMBER.findall(p.text)}
+    quoted = {n.replace(",", "") for p in quotable for n in _NUMBER.findall(p.text)}
     if from_best and (elsewhere := [n for n in figures if n.replace(",", "") not in quoted]):
         errors.append(
             f"the answer's {', '.join(elsewhere)} is not in the passages that answer the question: "
@@ -413,7 +414,7 @@ def agreement_errors(reply: AnswerPayload, found: SearchResult, ranked: list[Ran
         errors.append("the answer only repeats the question: say what the sources say")
     # "Which workshop made the lens?": the passage's "the Henry-Lepaute workshop" names it; "Greyhaven Point Light" does not
     head = _head_term(question)
-    named = {_stem(w) for p in answering_passages(ranked) for w in _words_near(head, p.text)} - asked if head else set()
+    named = {_stem(w) for p in quotable for w in _words_near(head, p.text)} - asked if head else set()
     if not figures and named and not added & named:
         errors.append("the question asks which one: name the one the passage that answers names")
     topic = asked - _ASKING_WORDS
@@ -421,7 +422,7 @@ def agreement_errors(reply: AnswerPayload, found: SearchResult, ranked: list[Ran
         errors.append("the answer does not say anything about what was asked: answer the question from the sources")
     # Without a figure, what the answer adds to the question must come from a passage that answers:
     # "The person responsible for safety" is not "Out of hours, contact the duty supervisor".
-    answering_words = {_stem(w) for p in answering_passages(ranked) for w in _content_words(_PLACEHOLDER.sub(" ", p.text))}
+    answering_words = {_stem(w) for p in quotable for w in _content_words(_PLACEHOLDER.sub(" ", p.text))}
     if not figures and added and answering_words and not added & answering_words:
         errors.append("the answer says nothing the passages that answer the question say: answer from the best passage")
     if figures:
