@@ -108,7 +108,7 @@ HELD_OUT: list[tuple[str, list[str]]] = [
 
 
 def read_questions(name: str) -> list[tuple[str, list[str]]]:
-    named = Path(__file__).with_name(f"answer_quality_{name}.jsonl")  # validation, fresh, unseen, unseen-2
+    named = Path(__file__).with_name(f"answer_quality_{name}.jsonl")  # validation, fresh, unseen, unseen-2, unseen-3
     path = named if named.exists() else Path(name)
     return [(q["question"], list(q["facts"])) for q in map(json.loads, path.read_text().splitlines()) if q]
 
@@ -184,7 +184,7 @@ def main() -> None:
         "tuning: the 32 questions the floor was first tuned on; held-out: 20 written after it (since used to tune); "
         "validation: 30 written by a helper who saw no answering code (since used to tune); fresh: 30 more, written "
         "like validation, run once (since used to tune); unseen: 30 more, likewise; unseen-2: 30 more, run once "
-        "when 0.6.0 was done; "
+        "when 0.6.0 was done; unseen-3: 30 more, run once after the agreement check; "
         "or a JSONL file of {\"question\": ..., \"facts\": [...]}"
     ))
     args = parser.parse_args()
