@@ -111,3 +111,15 @@ def test_policy_entities_choose_what_is_scrubbed(scrubber):
     assert counts == {"EMAIL_ADDRESS": 1} and "Maple Grove Avenue" in clean
     with pytest.raises(ValueError, match="unknown operator"):
         PIIPolicy(operator="nope")
+
+
+def test_a_price_is_not_a_house_number(scrubber):
+    # "way" is a street suffix ("4210 Maple Way"), but "$3 each way" is a fare, not an address.
+    for text in [
+        "The shuttle runs from 16:00 to 22:00 and costs $3 each way.",
+        "Tickets cost €12 per way, or 2.5 ways round the lake.",
+    ]:
+        clean, counts = scrubber.scrub(text)
+        assert clean == text and "STREET_ADDRESS" not in counts, clean
+    clean, counts = scrubber.scrub("The shuttle stops at 3 Harbour Way each hour.")
+    assert "Harbour Way" not in clean and counts.get("STREET_ADDRESS") == 1, clean
