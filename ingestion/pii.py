@@ -205,8 +205,10 @@ def _recognizers() -> list[Any]:
             # "11 Souterhead Road", "3747 3911 fourth avenue suite 112", "124 67 Devon Street West"
             Pattern(
                 "number street suffix",
-                # (not a price or a decimal: "costs $3 each way", "2.5 ways")
-                rf"(?<![\w.$€£])\d{{1,6}}(?:[ ,]+\d{{1,5}})?,?\s+(?:(?!(?:in|its|the|of|to|a|and|at|on|for|with|during|by|from|was|is|took|each|per)\b)[^\W\d_][\w'.\-]*\s+){{0,4}}(?:{suffix})\b\.?"
+                # (not a price or a decimal: "costs $3 each way", "2.5 ways"; not a year: "in 2019
+                # Saltmarrow Island Light ran"; not across lines: "2025 SEASON\nGREYHAVEN POINT")
+                rf"(?<![\w.$€£])(?!(?<=\b(?:in|of|since|until|by|before|after|during|from)[ \t])(?:1[89]|20)\d\d\b)"
+                rf"\d{{1,6}}(?:[ ,]+\d{{1,5}})?,?[ \t]+(?:(?!(?:in|its|the|of|to|a|and|at|on|for|with|during|by|from|was|is|took|each|per)\b)[^\W\d_][\w'.\-]*[ \t]+){{0,4}}(?:{suffix})\b\.?"
                 rf"(?:[ \t]+(?:north|south|east|west|n|s|e|w|ne|nw|se|sw)\b)?"
                 rf"(?:[ ,]*(?:apt\.?|apartment|suite|ste\.?|unit|flat|#)\s*\d+\w?)?{_TAIL}",
                 0.9,

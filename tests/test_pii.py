@@ -113,11 +113,14 @@ def test_policy_entities_choose_what_is_scrubbed(scrubber):
         PIIPolicy(operator="nope")
 
 
-def test_a_price_is_not_a_house_number(scrubber):
-    # "way" is a street suffix ("4210 Maple Way"), but "$3 each way" is a fare, not an address.
+def test_prices_years_and_headings_are_not_house_numbers(scrubber):
+    # "way", "island", "point" are street suffixes ("4210 Maple Way"), but a fare, a year and a
+    # heading above a title are not addresses.
     for text in [
         "The shuttle runs from 16:00 to 22:00 and costs $3 each way.",
         "Tickets cost €12 per way, or 2.5 ways round the lake.",
+        "Until 2019 Saltmarrow Island Light ran on two diesel generators.",
+        "2025 SEASON\nGREYHAVEN POINT LIGHT",
     ]:
         clean, counts = scrubber.scrub(text)
         assert clean == text and "STREET_ADDRESS" not in counts, clean
