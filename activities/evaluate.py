@@ -293,7 +293,7 @@ def eval_build_index(inp: BuildIndexInput) -> BuiltIndex:
     a finished index is reused, an unfinished one (a crashed attempt) is rebuilt."""
     import numpy as np
 
-    from keel.ingestion.chunking import chunk_elements
+    from keel.ingestion.chunking import chunk_elements, searchable_text
     from keel.retrieval.edge import EdgeChunkIndex
     from keel.types import EmbeddingSpec
 
@@ -312,7 +312,7 @@ def eval_build_index(inp: BuildIndexInput) -> BuiltIndex:
         chunks = chunk_elements(elements, max_tokens=inp.chunk_max_tokens, overlap_tokens=inp.chunk_overlap_tokens)
         docs.append((str(doc["_id"]), chunks))
     embedder = runtime().embedder(EmbeddingSpec(model=inp.embedding_model))
-    texts = [c["text"] for _, chunks in docs for c in chunks]
+    texts = [searchable_text(c) for _, chunks in docs for c in chunks]
     # One call, as the bench: sentence-transformers batches by length within a call, so the
     # vectors are the bench's bit for bit (@heartbeating heartbeats meanwhile).
     vectors = embedder.embed(texts) if texts else np.zeros((0, 384), dtype=np.float32)

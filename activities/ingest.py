@@ -306,7 +306,9 @@ class EmbedInput:
 def embed_chunks(inp: EmbedInput) -> Vectors:
     rt = runtime()
     spec = inp.spec or rt.settings.embedding_spec
-    texts = [c["text"] for c in rt.blobs.get_json(inp.chunks.key)]
+    from keel.ingestion.chunking import searchable_text
+
+    texts = [searchable_text(c) for c in rt.blobs.get_json(inp.chunks.key)]
     vectors = rt.embedder(spec).embed(texts)
     buf = io.BytesIO()
     np.save(buf, vectors, allow_pickle=False)

@@ -8,6 +8,20 @@ a boundary is still found. Each chunk carries its section title, which also help
 >>> chunk_elements([{"type": "Title", "text": "Hours"},
 ...                 {"type": "NarrativeText", "text": "Open daily from 9 to 5."}], max_tokens=50)
 [{'section': 'Hours', 'text': 'Hours\\nOpen daily from 9 to 5.'}]
+
+A chunk of a later section also carries the document's title as ``context``: "Cost and
+funding / The project cost $236,000." says nowhere what project. The context is embedded and
+keyword-indexed with the chunk (:func:`searchable_text`); the chunk's text, what prompts and
+citations show, stays as written.
+
+>>> later = chunk_elements([{"type": "Title", "text": "Solar conversion"},
+...                         {"type": "NarrativeText", "text": "Saltmarrow went solar."},
+...                         {"type": "Title", "text": "Cost"},
+...                         {"type": "NarrativeText", "text": "It cost $236,000."}], max_tokens=50)[1]
+>>> later
+{'section': 'Cost', 'text': 'Cost\\nIt cost $236,000.', 'context': 'Solar conversion'}
+>>> searchable_text(later)
+'Solar conversion\\nCost\\nIt cost $236,000.'
 """
 
 from __future__ import annotations
@@ -28,12 +42,24 @@ def chunk_elements(
     if overlap_tokens >= max_tokens:
         raise ValueError("overlap_tokens must be smaller than max_tokens")
     chunks: list[dict[str, str]] = []
-    for title, texts in _sections(elements):
+    sections = _sections(elements)
+    document_title = next((title for title, _ in sections if title), "")
+    for title, texts in sections:
         for body in _pack(texts, max_tokens, overlap_tokens):
             # A heading with no body of its own is chunked once, not as "Title\nTitle".
             text = f"{title}\n{body}" if title and body != title else body
-            chunks.append({"section": title, "text": text})
+            chunk = {"section": title, "text": text}
+            if document_title and title != document_title:
+                chunk["context"] = document_title
+            chunks.append(chunk)
     return chunks
+
+
+def searchable_text(chunk: dict[str, str]) -> str:
+    """What is embedded and keyword-indexed for a chunk: its document's title, if the chunk
+    carries one as ``context``, then its text."""
+    context = chunk.get("context")
+    return f"{context}\n{chunk['text']}" if context else chunk["text"]
 
 
 def _sections(elements: list[dict[str, str]]) -> list[tuple[str, list[str]]]:

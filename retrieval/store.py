@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from keel.errors import MissingTenant
+from keel.ingestion.chunking import searchable_text
 from keel.types import Filters, SearchHit, date_ts, reader_names
 from keel.retrieval.keyword import SparseTerms, bm25_document_vector, bm25_query_vector
 from keel.retrieval.sealed import PointCodec, open_payload, point_codec
@@ -78,7 +79,7 @@ def chunk_records(
         ChunkRecord(
             id=codec.point_id(document_id, content_hash, i),
             vector=np.asarray(vector, dtype=np.float32).tolist(),
-            keyword=bm25_document_vector(chunk["text"], term_ids=codec.term_id),
+            keyword=bm25_document_vector(searchable_text(chunk), term_ids=codec.term_id),
             payload=codec.store({
                 "tenant": tenant,
                 "document_id": document_id,

@@ -92,6 +92,20 @@ def test_replace_removes_stale_version_from_dense_and_keyword(index):
     assert index.search("acme", "wombat", new_vecs[0], top_k=1)[0].text == "fresh wombat paragraph"
 
 
+def test_a_chunks_context_is_keyword_indexed_but_not_shown(index):
+    # "Cost / It cost $236,000." names no project; its document's title, carried as context, does.
+    rng = np.random.default_rng(6)
+    vecs = unit(rng, 2)
+    chunks = [
+        {"section": "Cost", "text": "Cost\nIt cost $236,000.", "context": "Solar conversion"},
+        {"section": "Repairs", "text": "Repairs\nThe storm repairs cost $1.27 million."},
+    ]
+    index.replace_document(tenant="acme", document_id="d", source="d.md", content_hash="h", chunks=chunks, vectors=vecs)
+    # The dense side prefers the storm chunk (its own vector); the word only its context holds wins.
+    hits = index.search("acme", "solar", vecs[1], top_k=2)
+    assert [h.text for h in hits] == ["Cost\nIt cost $236,000.", "Repairs\nThe storm repairs cost $1.27 million."]
+
+
 def test_delete_document(index):
     rng = np.random.default_rng(3)
     put(index, "acme", "a", ["keep this aardvark"], rng)

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from keel.ingestion.chunking import chunk_elements, count_tokens
+from keel.ingestion.chunking import chunk_elements, count_tokens, searchable_text
 from keel.ingestion.partition import partition_document
 from keel import errors
 from keel.llm import prompts
@@ -125,6 +125,23 @@ def test_a_long_element_is_overlapped_once_and_a_bare_heading_chunked_once():
         assert len(words) == len(set(words)), "a word repeated inside one chunk: the overlap was added twice"
     consecutive = [(a["text"].split(), b["text"].split()) for a, b in zip(chunks[1:], chunks[2:])]
     assert all(set(a[-10:]) & set(b[1:12]) for a, b in consecutive)  # still overlapping
+
+
+def test_later_sections_carry_the_document_title_as_context():
+    chunks = chunk_elements(
+        [
+            {"type": "NarrativeText", "text": "Preface."},
+            {"type": "Title", "text": "Saltmarrow goes solar"},
+            {"type": "NarrativeText", "text": "The island's light now runs on the sun."},
+            {"type": "Title", "text": "Cost and funding"},
+            {"type": "NarrativeText", "text": "The project cost $236,000."},
+        ],
+        max_tokens=50,
+    )
+    assert [c.get("context") for c in chunks] == ["Saltmarrow goes solar", None, "Saltmarrow goes solar"]
+    assert chunks[2]["text"] == "Cost and funding\nThe project cost $236,000."  # shown as written
+    assert searchable_text(chunks[2]) == "Saltmarrow goes solar\nCost and funding\nThe project cost $236,000."
+    assert searchable_text(chunks[1]) == chunks[1]["text"]
 
 
 def test_overlap_must_be_smaller_than_budget():
