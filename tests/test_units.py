@@ -421,6 +421,14 @@ def test_a_circular_reason_repeats_the_question():
     assert errors("Because drones disturb nesting seabirds.") == []
 
 
+def test_a_figure_question_is_not_answered_without_the_figure():
+    question = "How rough does the sea have to be before the Saltmarrow ferry is cancelled?"
+    found = SearchResult(_hits("Saltmarrow ferry sailings are cancelled in rough sea: the ferry does not sail if the wave forecast is above 1.5 metres."), "m")
+    errors = _agreement(question, found, prompts.rank_passages(question, found.hits))
+    assert any("asks for a figure" in e for e in errors("The sea is too rough for the ferry to sail, so it is cancelled if the sea is too rough."))
+    assert errors("The ferry does not sail if the wave forecast is above 1.5 metres.") == []
+
+
 def test_a_yes_or_no_answer_must_restate_its_source():
     question = "Are dogs allowed inside the tower?"
     found = SearchResult(_hits("Only assistance dogs are allowed inside the tower, the museum and the visitor centre."), "m")

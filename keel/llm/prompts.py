@@ -352,6 +352,9 @@ def agreement_errors(reply: AnswerPayload, found: SearchResult, ranked: list[Ran
     - without a figure, what the answer adds to the question's words must include something the
       passages that answer say ("The person responsible for safety" is not "Out of hours, contact
       the duty supervisor");
+    - a question that asks for an amount, a distance, a weight or a measurement (:data:`FIGURE_KINDS`)
+      is not answered without a figure when the best passage states one ("if the sea is too
+      rough" for "above 1.5 metres");
     - a "which X" answer names what the answering passages name next to X ("Henry-Lepaute" in
       "made by the Henry-Lepaute workshop"), not another thing they mention;
     - every sentence supported on its own (:data:`MIN_SUPPORT` of its content words in the cited
@@ -425,6 +428,10 @@ def agreement_errors(reply: AnswerPayload, found: SearchResult, ranked: list[Ran
     answering_words = {_stem(w) for p in quotable for w in _content_words(_PLACEHOLDER.sub(" ", p.text))}
     if not figures and added and answering_words and not added & answering_words:
         errors.append("the answer says nothing the passages that answer the question say: answer from the best passage")
+    if not figures and stated and _answer_kind(question) in FIGURE_KINDS:
+        # "How rough before the ferry is cancelled?" -> "if the sea is too rough": the best
+        # passage says "above 1.5 metres"
+        errors.append("the question asks for a figure and the passage that answers states it: give that figure")
     if figures:
         if not from_best:
             errors.append(
@@ -566,6 +573,10 @@ def _head_term(question: str) -> str | None:
         return None
     t = _term(m.group(1))
     return None if t in _ASKING_TERMS else t
+
+
+# Kinds of fact whose answer is a figure in digits (a count, a time or a date may be in words).
+FIGURE_KINDS = frozenset({"money", "length", "weight", "measure"})
 
 
 def _answer_kind(question: str) -> str | None:
