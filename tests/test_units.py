@@ -413,20 +413,22 @@ def test_a_which_answer_names_what_the_passage_names():
     assert any("which one" in e for e in errors("The Northwind Lighthouse Cooperative Newsletter")) and errors("The Beacon") == []
 
 
-def test_a_circular_reason_repeats_the_question():
-    question = "Why am I not allowed to fly my drone at the lighthouses?"
-    found = SearchResult(_hits("Drones are not allowed at the three sites without written permission, because they disturb nesting seabirds."), "m")
+@pytest.mark.parametrize("question, passage, wrong, refusal, right", [
+    ("Why am I not allowed to fly my drone at the lighthouses?",
+     "Drones are not allowed at the three sites without written permission, because they disturb nesting seabirds.",
+     "The answer is that you cannot fly your drone at the lighthouses because they are not allowed.",
+     "repeats the question", "Because drones disturb nesting seabirds."),
+    # a measure asked, the best passage states it: an answer without it does not answer
+    ("How rough does the sea have to be before the Saltmarrow ferry is cancelled?",
+     "Saltmarrow ferry sailings are cancelled in rough sea: the ferry does not sail if the wave forecast is above 1.5 metres.",
+     "The sea is too rough for the ferry to sail, so it is cancelled if the sea is too rough.",
+     "asks for a figure", "The ferry does not sail if the wave forecast is above 1.5 metres."),
+])
+def test_an_answer_that_restates_the_question_is_refused(question, passage, wrong, refusal, right):
+    found = SearchResult(_hits(passage), "m")
     errors = _agreement(question, found, prompts.rank_passages(question, found.hits))
-    assert any("repeats the question" in e for e in errors("The answer is that you cannot fly your drone at the lighthouses because they are not allowed."))
-    assert errors("Because drones disturb nesting seabirds.") == []
-
-
-def test_a_figure_question_is_not_answered_without_the_figure():
-    question = "How rough does the sea have to be before the Saltmarrow ferry is cancelled?"
-    found = SearchResult(_hits("Saltmarrow ferry sailings are cancelled in rough sea: the ferry does not sail if the wave forecast is above 1.5 metres."), "m")
-    errors = _agreement(question, found, prompts.rank_passages(question, found.hits))
-    assert any("asks for a figure" in e for e in errors("The sea is too rough for the ferry to sail, so it is cancelled if the sea is too rough."))
-    assert errors("The ferry does not sail if the wave forecast is above 1.5 metres.") == []
+    assert any(refusal in e for e in errors(wrong))
+    assert errors(right) == []
 
 
 def test_a_yes_or_no_answer_must_restate_its_source():
