@@ -304,10 +304,10 @@ class EmbedInput:
 @activity.defn(name="keel.embed")
 @heartbeating
 def embed_chunks(inp: EmbedInput) -> Vectors:
-    rt = runtime()
-    spec = inp.spec or rt.settings.embedding_spec
     from keel.ingestion.chunking import searchable_text
 
+    rt = runtime()
+    spec = inp.spec or rt.settings.embedding_spec
     texts = [searchable_text(c) for c in rt.blobs.get_json(inp.chunks.key)]
     vectors = rt.embedder(spec).embed(texts)
     buf = io.BytesIO()

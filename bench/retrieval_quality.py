@@ -42,7 +42,7 @@ configure_offline()
 
 from keel.activities.evaluate import index_beir_documents, read_jsonl, read_qrels  # noqa: E402  (BEIR files, as keel eval reads them)
 from keel.config import KeelSettings  # noqa: E402
-from keel.ingestion.chunking import chunk_elements  # noqa: E402
+from keel.ingestion.chunking import chunk_elements, searchable_text  # noqa: E402
 from keel.retrieval.edge import EdgeChunkIndex  # noqa: E402
 
 TENANT = "bench"
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         docs.append((str(doc["_id"]), chunks))
 
     chunk_key = f"{settings.embedding_model}|{settings.chunk_max_tokens}|{settings.chunk_overlap_tokens}"
-    all_chunks = [c["text"] for _, chunks in docs for c in chunks]
+    all_chunks = [searchable_text(c) for _, chunks in docs for c in chunks]
     embedder = _LazyEmbedder(settings.embed_batch_size)
     vectors, corpus_cached = _cached_embeddings(
         "corpus", chunk_key, _file_hash(args.data / "corpus.jsonl"), all_chunks, embedder
